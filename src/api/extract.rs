@@ -1,0 +1,310 @@
+//! Request extractors: [`Caller`] (who is asking, already rate-limited) and
+//! [`ValidJson`] (a JSON body within the size limit, with errors that name
+//! the offending field).
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::web::{BytesMut, Data};
+use actix_web::{FromRequest, HttpRequest};
+use chrono::TimeDelta;
+use futures_util::StreamExt;
+use futures_util::future::LocalBoxFuture;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::auth::{self, API_KEY_PREFIX, TokenError, TokenKind};
+use crate::ids::{ApiKeyId, OrgId, SessionId, UserId};
+use crate::model::Role;
+use crate::state::{AppState, RateKey};
+use crate::store;
+
+/// How often `last_used_at` of an API key is written at most.
+const KEY_TOUCH_INTERVAL: TimeDelta = TimeDelta::seconds(60);
+
+/// The authenticated identity behind a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub org: OrgId,
+    pub kind: CallerKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerKind {
+    /// A server credential of the organization; acts as an admin.
+    ApiKey(ApiKeyId),
+    User {
+        id: UserId,
+        role: Role,
+    },
+    /// A browser holding the join token of one session.
+    Session(SessionId),
+}
+
+impl Caller {
+    /// The role this caller acts with; session tokens have none.
+    pub fn role(&self) -> Option<Role> {
+        match self.kind {
+            CallerKind::ApiKey(_) => Some(Role::Admin),
+            CallerKind::User { role, .. } => Some(role),
+            CallerKind::Session(_) => None,
+        }
+    }
+
+    pub fn user_id(&self) -> Option<UserId> {
+        match self.kind {
+            CallerKind::User { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+
+    /// Refuses session tokens: they only reach their own session.
+    pub fn require_org_credential(&self) -> Result<Role, ApiError> {
+        self.role().ok_or_else(|| {
+            ApiError::Forbidden(
+                "a session token can only be used for its own session; use an API key or a \
+                 user token"
+                    .into(),
+            )
+        })
+    }
+
+    /// Requires admin rights (API keys have them).
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self.require_org_credential()? {
+            Role::Admin => Ok(()),
+            role => Err(ApiError::Forbidden(format!(
+                "this needs the admin role; you are {}",
+                role.as_str()
+            ))),
+        }
+    }
+
+    /// Whether the caller may see this session (a session token sees only
+    /// its own). Answer 404 otherwise, never 403, so ids are not probed.
+    pub fn can_see_session(&self, session: SessionId) -> bool {
+        match self.kind {
+            CallerKind::Session(own) => own == session,
+            _ => true,
+        }
+    }
+
+    fn rate_key(&self) -> RateKey {
+        match self.kind {
+            CallerKind::ApiKey(id) => RateKey::ApiKey(id),
+            CallerKind::User { id, .. } => RateKey::User(id),
+            CallerKind::Session(id) => RateKey::Session(id),
+        }
+    }
+}
+
+fn state(req: &HttpRequest) -> Result<Data<AppState>, ApiError> {
+    req.app_data::<Data<AppState>>()
+        .cloned()
+        .ok_or_else(|| ApiError::Internal("application state missing".into()))
+}
+
+fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
+    let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::unauthorized("missing `Authorization: Bearer <API key or token>` header")
+    })?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("the Authorization header is not valid text"))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| {
+            ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
+        })?;
+    Ok(token.trim().to_owned())
+}
+
+async fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    if token.starts_with(API_KEY_PREFIX) {
+        let invalid = || ApiError::unauthorized("invalid or revoked API key");
+        let prefix = auth::api_key_prefix(token).ok_or_else(invalid)?.to_owned();
+        let key = state
+            .db
+            .run(move |c| store::api_keys::find_active_by_prefix(c, &prefix))
+            .await?
+            .ok_or_else(invalid)?;
+        let presented = token.to_owned();
+        let hash = key.key_hash.clone();
+        let matches = actix_web::web::block(move || auth::verify_secret(&presented, &hash))
+            .await
+            .map_err(|e| ApiError::Internal(format!("key check task failed: {e}")))?;
+        if !matches {
+            return Err(invalid());
+        }
+        let now = store::now();
+        if key
+            .last_used_at
+            .is_none_or(|at| now - at > KEY_TOUCH_INTERVAL)
+        {
+            let id = key.id;
+            state
+                .db
+                .run(move |c| store::api_keys::touch(c, id, now))
+                .await?;
+        }
+        return Ok(Caller {
+            org: key.organization_id,
+            kind: CallerKind::ApiKey(key.id),
+        });
+    }
+    let claims = state.tokens.verify(token).map_err(|err| match err {
+        TokenError::Expired => ApiError::Unauthorized {
+            code: "token_expired",
+            message: "token expired; log in again or use /v1/auth/refresh".into(),
+        },
+        _ => ApiError::unauthorized("invalid token"),
+    })?;
+    let kind = match (claims.typ, claims.uid, claims.role, claims.sid) {
+        (TokenKind::Access, Some(id), Some(role), _) => CallerKind::User { id, role },
+        (TokenKind::Session, _, _, Some(sid)) => CallerKind::Session(sid),
+        (TokenKind::Refresh, ..) => {
+            return Err(ApiError::unauthorized(
+                "a refresh token cannot call the API; exchange it at POST /v1/auth/refresh",
+            ));
+        }
+        _ => return Err(ApiError::unauthorized("invalid token")),
+    };
+    Ok(Caller {
+        org: claims.org,
+        kind,
+    })
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let state = state(req);
+        let token = bearer(req);
+        Box::pin(async move {
+            let state = state?;
+            let caller = authenticate(&state, &token?).await?;
+            state.limits.check(caller.rate_key())?;
+            Ok(caller)
+        })
+    }
+}
+
+/// Rate-limits an unauthenticated route by the peer's address.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerLimited;
+
+impl FromRequest for PeerLimited {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let ip = req
+            .peer_addr()
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        std::future::ready(
+            state(req)
+                .and_then(|state| state.limits.check(RateKey::Peer(ip)))
+                .map(|_| PeerLimited),
+        )
+    }
+}
+
+/// A JSON body: `Content-Type: application/json`, at most
+/// `server.body_limit_bytes`, unknown fields and wrong types refused with
+/// the path of the offending field.
+#[derive(Debug)]
+pub struct ValidJson<T>(pub T);
+
+fn is_json(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json" || mime.ends_with("+json")
+        })
+        .unwrap_or(false)
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for ValidJson<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = req
+            .app_data::<Data<AppState>>()
+            .map(|s| s.settings.server.body_limit_bytes)
+            .unwrap_or(256 * 1024);
+        let json = is_json(req);
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let mut payload = payload.take();
+        Box::pin(async move {
+            if declared.is_some_and(|len| len > limit) {
+                return Err(ApiError::PayloadTooLarge(limit));
+            }
+            if !json {
+                return Err(ApiError::UnsupportedMediaType(
+                    "expected `Content-Type: application/json`".into(),
+                ));
+            }
+            let mut body = BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|e| ApiError::BadRequest {
+                    code: "invalid_body",
+                    message: format!("could not read the request body: {e}"),
+                    field: None,
+                })?;
+                if body.len() + chunk.len() > limit {
+                    return Err(ApiError::PayloadTooLarge(limit));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            parse_json(&body).map(ValidJson)
+        })
+    }
+}
+
+/// Deserializes JSON, telling syntax errors (400) from schema errors (422,
+/// with the dotted path of the field).
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let syntax = |inner: serde_json::Error| {
+        if inner.is_eof() && body.iter().all(u8::is_ascii_whitespace) {
+            ApiError::BadRequest {
+                code: "invalid_json",
+                message: "the request body is empty; expected a JSON object".into(),
+                field: None,
+            }
+        } else {
+            ApiError::BadRequest {
+                code: "invalid_json",
+                message: format!("the request body is not valid JSON: {inner}"),
+                field: None,
+            }
+        }
+    };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_data() {
+            ApiError::Validation {
+                message: inner.to_string(),
+                field: (path != ".").then_some(path),
+            }
+        } else {
+            syntax(inner)
+        }
+    })?;
+    de.end().map_err(syntax)?;
+    Ok(value)
+}

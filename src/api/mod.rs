@@ -1,0 +1,206 @@
+//! The HTTP API: REST under `/v1`, plus `/healthz`, `/readyz`, `/metrics`.
+//! Every handler is registered through [`utoipa_actix_web`], so a route
+//! cannot exist without appearing in `/v1/openapi.json`.
+
+pub mod api_keys;
+pub mod assistants;
+pub mod error;
+pub mod extract;
+pub mod ops;
+pub mod orgs;
+pub mod sessions;
+pub mod users;
+
+use actix_web::HttpRequest;
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa_actix_web::service_config::ServiceConfig;
+
+use self::error::ApiError;
+use crate::store::PageRequest;
+
+/// Default page size of list routes.
+const DEFAULT_PAGE: i64 = 20;
+
+/// Paging of list routes (newest first).
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Items per page, 1 to 100 (default 20).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub after: Option<String>,
+}
+
+impl ListQuery {
+    pub fn page(&self) -> Result<PageRequest, ApiError> {
+        page_request(self.limit, self.after.as_deref())
+    }
+}
+
+pub(crate) fn page_request(
+    limit: Option<i64>,
+    after: Option<&str>,
+) -> Result<PageRequest, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=crate::store::MAX_PAGE).contains(&limit) {
+        return Err(ApiError::validation(
+            "limit",
+            "limit must be between 1 and 100",
+        ));
+    }
+    let after = match after {
+        None => None,
+        Some(cursor) => Some(cursor.parse::<i64>().map_err(|_| {
+            ApiError::validation("after", "after must be a next_cursor returned by this list")
+        })?),
+    };
+    Ok(PageRequest { after, limit })
+}
+
+/// One page of a list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    pub fn new<R>(rows: (Vec<R>, Option<i64>), view: impl FnMut(R) -> T) -> Self {
+        Page {
+            data: rows.0.into_iter().map(view).collect(),
+            next_cursor: rows.1.map(|c| c.to_string()),
+        }
+    }
+}
+
+/// Stored timestamps are naive UTC; the API speaks RFC 3339.
+pub(crate) fn utc(at: NaiveDateTime) -> DateTime<Utc> {
+    at.and_utc()
+}
+
+/// For `PATCH` fields that may be set to null: absent is `None`, `null` is
+/// `Some(None)`.
+pub(crate) fn nullable<'de, D, T>(de: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(de).map(Some)
+}
+
+/// Parses a JSON object column written by the server itself.
+pub(crate) fn json_column(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|err| {
+        tracing::warn!(%err, "stored JSON column is not valid JSON; returning {{}}");
+        serde_json::Value::Object(Default::default())
+    })
+}
+
+/// Checks an API-supplied JSON object and returns it serialized.
+pub(crate) fn json_object(
+    field: &str,
+    value: &serde_json::Value,
+    max_bytes: usize,
+) -> Result<String, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::validation(
+            field,
+            format!("{field} must be a JSON object"),
+        ));
+    }
+    let text = value.to_string();
+    if text.len() > max_bytes {
+        return Err(ApiError::validation(
+            field,
+            format!("{field} is {} bytes; the limit is {max_bytes}", text.len()),
+        ));
+    }
+    Ok(text)
+}
+
+pub(crate) fn check_len(field: &str, value: &str, min: usize, max: usize) -> Result<(), ApiError> {
+    let chars = value.chars().count();
+    if chars < min || chars > max {
+        let message = if min > 0 && chars < min {
+            format!("{field} must not be empty")
+        } else {
+            format!("{field} is {chars} characters; the limit is {max}")
+        };
+        return Err(ApiError::validation(field, message));
+    }
+    Ok(())
+}
+
+/// The public base URL of this node, as the client reached it when the
+/// server has no `server.public_url` configured.
+pub(crate) fn public_base(req: &HttpRequest, configured: Option<&str>) -> String {
+    match configured {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let info = req.connection_info();
+            format!("{}://{}", info.scheme(), info.host())
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Palaver API",
+        description = "Realtime voice sessions: assistants, sessions, transcripts, users and keys. \
+                       Errors are `{\"error\": {\"code\", \"message\", \"field\"}}`.",
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(error::ErrorBody)),
+    tags(
+        (name = "assistants", description = "What an assistant says and how it listens"),
+        (name = "sessions", description = "Voice sessions and their transcripts"),
+        (name = "auth", description = "Sign-up, login, tokens"),
+        (name = "users", description = "People in the organization"),
+        (name = "api-keys", description = "Server credentials"),
+        (name = "organization", description = "The caller's organization"),
+        (name = "operations", description = "Health, readiness, metrics"),
+    )
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An organization API key (`pk_…`), a user's access token, or a \
+                         session's join token.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Registers every route; the caller adds the OpenAPI document route.
+pub fn configure(cfg: &mut ServiceConfig<'_>) {
+    cfg.service(ops::healthz)
+        .service(ops::readyz)
+        .service(ops::prometheus_metrics)
+        .service(
+            utoipa_actix_web::scope("/v1")
+                .configure(users::configure)
+                .configure(api_keys::configure)
+                .configure(orgs::configure)
+                .configure(assistants::configure)
+                .configure(sessions::configure),
+        );
+}

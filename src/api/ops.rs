@@ -1,0 +1,103 @@
+//! Operations endpoints: liveness, readiness, Prometheus metrics.
+
+use actix_web::{HttpResponse, get, web};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::state::AppState;
+use crate::store;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+    pub version: &'static str,
+}
+
+/// The process is up and serving HTTP.
+#[utoipa::path(tag = "operations", responses((status = 200, body = Health)))]
+#[get("/healthz")]
+pub async fn healthz() -> web::Json<Health> {
+    web::Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `unready`.
+    pub status: &'static str,
+    /// `ok`, or why not.
+    pub database: String,
+    /// `ok`, `not_configured`, or why not.
+    pub redis: String,
+}
+
+/// Whether this node can serve traffic: the database answers, and Redis does
+/// when one is configured.
+#[utoipa::path(
+    tag = "operations",
+    responses(
+        (status = 200, body = Readiness),
+        (status = 503, body = Readiness, description = "A dependency is down"),
+    )
+)]
+#[get("/readyz")]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let database = match state.db.ping().await {
+        Ok(()) => "ok".to_owned(),
+        Err(err) => format!("unreachable: {err}"),
+    };
+    let redis = match &state.redis {
+        None => "not_configured".to_owned(),
+        Some(pool) => match redis_ping(pool).await {
+            Ok(()) => "ok".to_owned(),
+            Err(err) => format!("unreachable: {err}"),
+        },
+    };
+    let ready = database == "ok" && (redis == "ok" || redis == "not_configured");
+    let body = Readiness {
+        status: if ready { "ready" } else { "unready" },
+        database,
+        redis,
+    };
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        tracing::warn!(database = %body.database, redis = %body.redis, "not ready");
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn redis_ping(pool: &deadpool_redis::Pool) -> Result<(), String> {
+    let check = async {
+        let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+        deadpool_redis::redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), check)
+        .await
+        .map_err(|_| "no answer within 2 s".to_owned())?
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(
+    tag = "operations",
+    responses((status = 200, content_type = "text/plain", body = String))
+)]
+#[get("/metrics")]
+pub async fn prometheus_metrics(state: web::Data<AppState>) -> HttpResponse {
+    let (open, idle) = state.db.pool_state();
+    ::metrics::gauge!("palaver_db_pool_connections", "state" => "open").set(f64::from(open));
+    ::metrics::gauge!("palaver_db_pool_connections", "state" => "idle").set(f64::from(idle));
+    match state.db.run(store::sessions::count_active).await {
+        Ok(active) => ::metrics::gauge!("palaver_sessions_active").set(active as f64),
+        Err(err) => tracing::warn!(%err, "could not count active sessions for /metrics"),
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}

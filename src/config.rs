@@ -1,0 +1,452 @@
+//! Typed settings: embedded defaults, an optional TOML file (`--config`), then
+//! environment overrides. Owns nothing at run time; everything else reads it.
+//!
+//! Every field can be overridden by `PALAVER_<SECTION>_<FIELD>` (for example
+//! `PALAVER_SERVER_BIND=0.0.0.0:8080`, `PALAVER_LOG_FORMAT=json`). The
+//! conventional `DATABASE_URL` and `REDIS_URL` are honoured too. Unknown keys,
+//! in the file or in a `PALAVER_*` variable naming a known section, are
+//! rejected with a message that says where they came from.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Sections a `PALAVER_<SECTION>_<FIELD>` variable may name.
+const SECTIONS: &[&str] = &["server", "database", "redis", "auth", "limits", "log"];
+
+/// Variables with this prefix belong to the test harness, not to the server.
+const TEST_ENV_PREFIX: &str = "PALAVER_TEST_";
+
+/// A value that must never appear in logs or responses.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(**redacted**)")
+    }
+}
+
+/// All of Palaver's settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub auth: AuthSettings,
+    pub limits: LimitSettings,
+    pub log: LogSettings,
+}
+
+/// The HTTP listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address the HTTP API listens on.
+    pub bind: SocketAddr,
+    /// Base URL clients use to reach this node; used to build the WebRTC and
+    /// WebSocket URLs handed out with a session. Defaults to `http://{bind}`.
+    pub public_url: Option<String>,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    pub shutdown_timeout_s: u64,
+    /// Largest accepted request body, in bytes (larger bodies get 413).
+    pub body_limit_bytes: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            workers: 0,
+            shutdown_timeout_s: 30,
+            body_limit_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl ServerSettings {
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.bind),
+        }
+    }
+}
+
+/// Storage: SQLite by default, Postgres when `url` is `postgres://…`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://…` for Postgres; unset (or `sqlite://path`) for SQLite.
+    pub url: Option<Secret>,
+    /// SQLite database file, used when `url` is unset.
+    pub sqlite_path: PathBuf,
+    /// Connections kept by the pool.
+    pub pool_size: u32,
+    /// Seconds to wait for a free connection before answering 503.
+    pub pool_timeout_s: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            sqlite_path: PathBuf::from("data/palaver.db"),
+            pool_size: 8,
+            pool_timeout_s: 5,
+        }
+    }
+}
+
+/// Cluster routing; single node when `url` is unset.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://host:port/db`.
+    pub url: Option<Secret>,
+}
+
+/// Tokens for users and browsers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// HMAC key for JWTs. When unset, one is generated once and kept in
+    /// `jwt_secret_file` so tokens survive restarts of a single node; set it
+    /// explicitly (the same on every node) in a cluster.
+    pub jwt_secret: Option<Secret>,
+    /// Where the generated JWT key is kept when `jwt_secret` is unset.
+    pub jwt_secret_file: PathBuf,
+    /// Whether anyone may create an organization with `POST /v1/auth/signup`.
+    pub allow_signup: bool,
+    /// Lifetime of a user's access token.
+    pub access_token_ttl_s: u64,
+    /// Lifetime of a user's refresh token.
+    pub refresh_token_ttl_s: u64,
+    /// Lifetime of the join token a browser gets for one session.
+    pub session_token_ttl_s: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            jwt_secret_file: PathBuf::from("data/jwt.key"),
+            allow_signup: true,
+            access_token_ttl_s: 15 * 60,
+            refresh_token_ttl_s: 30 * 24 * 3600,
+            session_token_ttl_s: 10 * 60,
+        }
+    }
+}
+
+/// Abuse limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Sustained requests per second per API key or user.
+    pub requests_per_second: u32,
+    /// Requests a key may make at once above the sustained rate.
+    pub burst: u32,
+    /// Sessions an organization may have open (created or active) at once.
+    pub max_open_sessions_per_org: u32,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 20,
+            burst: 40,
+            max_open_sessions_per_org: 100,
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `palaver=debug,actix_web=info`;
+    /// `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Why the settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The `--config` file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// An environment variable names a field that does not exist.
+    #[error(
+        "environment variable {var} names no setting: section `{section}` has no field `{field}`"
+    )]
+    UnknownEnvField {
+        var: String,
+        section: String,
+        field: String,
+    },
+    /// The merged settings do not fit the schema (unknown key, wrong type).
+    #[error("invalid settings ({origin}): {message}")]
+    Invalid { origin: String, message: String },
+}
+
+impl Settings {
+    /// Defaults, then the file (if any), then the environment.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut tree =
+            toml::Table::try_from(Settings::default()).map_err(|e| ConfigError::Invalid {
+                origin: "defaults".into(),
+                message: e.to_string(),
+            })?;
+        let mut origin = "defaults".to_owned();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let file_table: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: e.message().to_owned(),
+                    })?;
+            // Validate the file on its own first so an unknown key is blamed on it.
+            Settings::deserialize(toml::Value::Table(file_table.clone())).map_err(|e| {
+                ConfigError::Invalid {
+                    origin: format!("config file {}", path.display()),
+                    message: e.message().to_owned(),
+                }
+            })?;
+            merge(&mut tree, file_table);
+            origin = format!("config file {} and environment", path.display());
+        }
+        apply_env(&mut tree, env)?;
+        Settings::deserialize(toml::Value::Table(tree)).map_err(|e| ConfigError::Invalid {
+            origin,
+            message: e.message().to_owned(),
+        })
+    }
+
+    /// True when storage is Postgres.
+    pub fn uses_postgres(&self) -> bool {
+        self.database.url.as_ref().is_some_and(|url| {
+            let url = url.expose();
+            url.starts_with("postgres://") || url.starts_with("postgresql://")
+        })
+    }
+}
+
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base_table)), toml::Value::Table(overlay_table)) => {
+                merge(base_table, overlay_table)
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+fn apply_env(
+    tree: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (var, value) in env {
+        let (section, field) = match var.as_str() {
+            "DATABASE_URL" => ("database".to_owned(), "url".to_owned()),
+            "REDIS_URL" => ("redis".to_owned(), "url".to_owned()),
+            _ => {
+                let Some(rest) = var.strip_prefix("PALAVER_") else {
+                    continue;
+                };
+                if var.starts_with(TEST_ENV_PREFIX) {
+                    continue;
+                }
+                let rest = rest.to_ascii_lowercase();
+                let Some(section) = SECTIONS
+                    .iter()
+                    .find(|s| rest.starts_with(&format!("{s}_")))
+                    .copied()
+                else {
+                    continue;
+                };
+                (section.to_owned(), rest[section.len() + 1..].to_owned())
+            }
+        };
+        let Some(toml::Value::Table(section_table)) = tree.get_mut(&section) else {
+            continue;
+        };
+        let known = section_table.contains_key(&field) || optional_field(&section, &field);
+        if !known {
+            return Err(ConfigError::UnknownEnvField {
+                var,
+                section,
+                field,
+            });
+        }
+        section_table.insert(field, env_value(&value));
+    }
+    Ok(())
+}
+
+/// Optional fields are absent from the serialized defaults, so list them.
+fn optional_field(section: &str, field: &str) -> bool {
+    matches!(
+        (section, field),
+        ("server", "public_url") | ("database", "url") | ("redis", "url") | ("auth", "jwt_secret")
+    )
+}
+
+/// An environment value as TOML: integers, floats and booleans keep their
+/// type, everything else is a string.
+fn env_value(raw: &str) -> toml::Value {
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    if let Ok(b) = raw.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    if let Ok(f) = raw.parse::<f64>() {
+        if raw.contains('.') {
+            return toml::Value::Float(f);
+        }
+    }
+    toml::Value::String(raw.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_serve_sqlite_on_loopback() {
+        let s = Settings::load(None, env(&[])).expect("defaults load");
+        assert_eq!(s.server.bind.to_string(), "127.0.0.1:8080");
+        assert!(!s.uses_postgres());
+        assert_eq!(s.database.sqlite_path, PathBuf::from("data/palaver.db"));
+    }
+
+    #[test]
+    fn env_overrides_file_and_conventional_urls_are_honoured() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("palaver.toml");
+        std::fs::write(&path, "[server]\nbind = \"127.0.0.1:9000\"\nworkers = 3\n").expect("write");
+        let s = Settings::load(
+            Some(&path),
+            env(&[
+                ("PALAVER_SERVER_WORKERS", "5"),
+                ("PALAVER_LOG_FORMAT", "json"),
+                ("DATABASE_URL", "postgres://u@localhost/db"),
+                ("PALAVER_AUTH_JWT_SECRET", "s3cret"),
+                ("PALAVER_TEST_DATABASE_URL", "ignored"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(s.server.bind.port(), 9000);
+        assert_eq!(s.server.workers, 5);
+        assert_eq!(s.log.format, LogFormat::Json);
+        assert!(s.uses_postgres());
+        assert_eq!(
+            s.auth.jwt_secret.as_ref().map(Secret::expose),
+            Some("s3cret")
+        );
+    }
+
+    #[test]
+    fn unknown_file_key_is_rejected_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[server]\nbnid = \"x\"\n").expect("write");
+        let err = Settings::load(Some(&path), env(&[]))
+            .expect_err("must fail")
+            .to_string();
+        assert!(err.contains("bad.toml"), "{err}");
+        assert!(err.contains("bnid"), "{err}");
+    }
+
+    #[test]
+    fn unknown_env_field_is_rejected_naming_the_variable() {
+        let err = Settings::load(None, env(&[("PALAVER_SERVER_BNID", "x")]))
+            .expect_err("must fail")
+            .to_string();
+        assert!(err.contains("PALAVER_SERVER_BNID"), "{err}");
+    }
+
+    #[test]
+    fn wrongly_typed_env_value_is_rejected() {
+        let err = Settings::load(None, env(&[("PALAVER_SERVER_WORKERS", "many")]))
+            .expect_err("must fail")
+            .to_string();
+        assert!(err.contains("invalid"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("DATABASE_URL", "postgres://u:hunter2@h/db"),
+                ("PALAVER_AUTH_JWT_SECRET", "k"),
+            ]),
+        )
+        .expect("load");
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("redacted"));
+    }
+}

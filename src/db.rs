@@ -1,0 +1,312 @@
+//! Connection pools for the two storage backends and the one way to run a
+//! query: [`Db::run`] hands a [`Conn`] to a closure on the blocking pool, and
+//! [`with_conn!`] compiles the closure's Diesel query once per backend.
+//!
+//! Query code lives in `store/`; this module owns pools, migrations and the
+//! SQLite pragmas, nothing about tables.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel::{PgConnection, SqliteConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::config::DatabaseSettings;
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// A borrowed connection of either backend.
+#[allow(missing_debug_implementations)]
+pub enum Conn<'a> {
+    Sqlite(&'a mut SqliteConnection),
+    Pg(&'a mut PgConnection),
+}
+
+/// Runs `$body` with `$c` bound to the backend's concrete connection, so one
+/// Diesel expression serves both backends.
+macro_rules! with_conn {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::db::Conn::Sqlite(inner) => {
+                let $c: &mut diesel::SqliteConnection = &mut **inner;
+                $body
+            }
+            $crate::db::Conn::Pg(inner) => {
+                let $c: &mut diesel::PgConnection = &mut **inner;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_conn;
+
+/// A transaction that takes the write lock up front. On SQLite a deferred
+/// transaction that reads and then writes fails with SQLITE_BUSY when another
+/// writer got in between; `BEGIN IMMEDIATE` waits for the lock instead.
+pub(crate) trait WriteTransaction: Connection {
+    fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Self) -> Result<T, E>,
+        E: From<diesel::result::Error>;
+}
+
+impl WriteTransaction for SqliteConnection {
+    fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Self) -> Result<T, E>,
+        E: From<diesel::result::Error>,
+    {
+        self.immediate_transaction(f)
+    }
+}
+
+impl WriteTransaction for PgConnection {
+    fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Self) -> Result<T, E>,
+        E: From<diesel::result::Error>,
+    {
+        self.transaction(f)
+    }
+}
+
+/// Which backend a [`Db`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Storage failures, as the rest of the server sees them.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No row matched (or it belongs to another organization).
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule was broken.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The row is in a state that does not allow the change (e.g. ending an
+    /// ended session).
+    #[error("{0}")]
+    InvalidState(String),
+    /// An organization limit would be exceeded.
+    #[error("{0}")]
+    LimitReached(String),
+    /// No connection could be had within the pool timeout.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Applying migrations failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Query(diesel::result::Error),
+}
+
+impl From<diesel::result::Error> for StoreError {
+    fn from(err: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match err {
+            Error::NotFound => StoreError::NotFound,
+            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+                StoreError::Conflict(info.message().to_owned())
+            }
+            other => StoreError::Query(other),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Pools {
+    Sqlite(Pool<ConnectionManager<SqliteConnection>>),
+    Pg(Pool<ConnectionManager<PgConnection>>),
+}
+
+/// The database: a pool of one backend, cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    pools: Arc<Pools>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("backend", &self.backend())
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+struct SqlitePragmas;
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+impl Db {
+    /// Opens the pool named by the settings: Postgres for a `postgres://`
+    /// URL, otherwise the SQLite file (its folder is created if missing).
+    pub fn connect(settings: &DatabaseSettings) -> Result<Self, StoreError> {
+        let timeout = Duration::from_secs(settings.pool_timeout_s.max(1));
+        let url = settings.url.as_ref().map(|u| u.expose().to_owned());
+        let pools = match url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                let pool = Pool::builder()
+                    .max_size(settings.pool_size.max(1))
+                    .connection_timeout(timeout)
+                    .build(ConnectionManager::<PgConnection>::new(url))
+                    .map_err(|e| StoreError::Unavailable(redact_url_error(&e.to_string())))?;
+                Pools::Pg(pool)
+            }
+            other => {
+                let path = match other {
+                    Some(url) => url.trim_start_matches("sqlite://").to_owned(),
+                    None => settings.sqlite_path.to_string_lossy().into_owned(),
+                };
+                if let Some(dir) = std::path::Path::new(&path).parent() {
+                    if !dir.as_os_str().is_empty() {
+                        std::fs::create_dir_all(dir).map_err(|e| {
+                            StoreError::Unavailable(format!(
+                                "cannot create folder {} for the SQLite database: {e}",
+                                dir.display()
+                            ))
+                        })?;
+                    }
+                }
+                let pool = Pool::builder()
+                    .max_size(settings.pool_size.max(1))
+                    .connection_timeout(timeout)
+                    .connection_customizer(Box::new(SqlitePragmas))
+                    .build(ConnectionManager::<SqliteConnection>::new(path))
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                Pools::Sqlite(pool)
+            }
+        };
+        Ok(Self {
+            pools: Arc::new(pools),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        match &*self.pools {
+            Pools::Sqlite(_) => Backend::Sqlite,
+            Pools::Pg(_) => Backend::Postgres,
+        }
+    }
+
+    /// Applies pending embedded migrations; returns how many ran.
+    pub fn migrate(&self) -> Result<usize, StoreError> {
+        self.run_blocking(|conn| {
+            let applied = match conn {
+                Conn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
+                Conn::Pg(c) => c
+                    .run_pending_migrations(POSTGRES_MIGRATIONS)
+                    .map(|v| v.len()),
+            };
+            applied.map_err(|e| StoreError::Migration(e.to_string()))
+        })
+    }
+
+    /// Runs `f` with a pooled connection on the current thread.
+    pub fn run_blocking<T>(
+        &self,
+        f: impl FnOnce(&mut Conn<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match &*self.pools {
+            Pools::Sqlite(pool) => {
+                let mut pooled = pool
+                    .get()
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                f(&mut Conn::Sqlite(&mut pooled))
+            }
+            Pools::Pg(pool) => {
+                let mut pooled = pool
+                    .get()
+                    .map_err(|e| StoreError::Unavailable(redact_url_error(&e.to_string())))?;
+                f(&mut Conn::Pg(&mut pooled))
+            }
+        }
+    }
+
+    /// Runs `f` on tokio's blocking pool so actor and HTTP threads never wait
+    /// on the database.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut Conn<'_>) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || db.run_blocking(f))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("database task failed: {e}")))?
+    }
+
+    /// `SELECT 1`, for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|conn| with_conn!(conn, |c| c.batch_execute("SELECT 1")).map_err(StoreError::from))
+            .await
+    }
+
+    /// (connections open, connections idle).
+    pub fn pool_state(&self) -> (u32, u32) {
+        let state = match &*self.pools {
+            Pools::Sqlite(pool) => pool.state(),
+            Pools::Pg(pool) => pool.state(),
+        };
+        (state.connections, state.idle_connections)
+    }
+
+    /// Flushes what must be flushed before the process exits: on SQLite the
+    /// WAL is checkpointed into the main file.
+    pub fn close(&self) {
+        if self.backend() == Backend::Sqlite {
+            let checkpoint = self.run_blocking(|conn| {
+                with_conn!(conn, |c| c.batch_execute("PRAGMA wal_checkpoint(TRUNCATE)"))
+                    .map_err(StoreError::from)
+            });
+            if let Err(err) = checkpoint {
+                tracing::warn!(%err, "SQLite checkpoint at shutdown failed");
+            }
+        }
+    }
+}
+
+/// Connection errors from libpq can echo the URL; never let a password out.
+fn redact_url_error(message: &str) -> String {
+    message
+        .split_whitespace()
+        .map(|word| {
+            if let Some(at) = word.find('@') {
+                if let Some(scheme) = word.find("://") {
+                    return format!("{}://***{}", &word[..scheme], &word[at..]);
+                }
+            }
+            word.to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_passwords_are_redacted_from_errors() {
+        let msg = redact_url_error("could not connect to postgres://bob:hunter2@db:5432/x now");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        assert!(msg.contains("@db:5432/x"), "{msg}");
+    }
+}

@@ -1,0 +1,31 @@
+//! Palaver: a realtime voice session server.
+//!
+//! # Layout
+//!
+//! - [`config`]: typed [`Settings`](config::Settings): defaults, TOML file,
+//!   `PALAVER_*` environment overrides.
+//! - [`db`]: the SQLite / Postgres pools, migrations, and [`Db::run`](db::Db::run),
+//!   the one way to run a query off the async threads.
+//! - [`schema`], [`ids`], [`model`]: tables, newtype ids, small enums.
+//! - [`store`]: queries, one module per table, each scoped by organization.
+//! - [`auth`]: API keys, passwords (argon2), JWTs.
+//! - [`api`]: the HTTP routes, extractors and the error type at the edge.
+//! - [`state`]: what handlers share; [`server`]: start and graceful stop.
+//! - [`telemetry`]: logs, metrics, request ids.
+//! - [`cli`]: the `palaver` command line.
+//!
+//! The voice pipeline lives in the `palaver-actors` and `palaver-media`
+//! crates; this crate depends on them, never the other way round.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod ids;
+pub mod model;
+pub mod schema;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod telemetry;

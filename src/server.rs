@@ -1,0 +1,210 @@
+//! Starting and stopping the HTTP server: open storage (migrations applied),
+//! build the shared state, bind, and shut down gracefully on SIGTERM/SIGINT
+//! (stop accepting, let in-flight requests finish, flush the database).
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use utoipa::OpenApi;
+use utoipa_actix_web::AppExt;
+
+use crate::api::error::ApiError;
+use crate::api::{self, ApiDoc};
+use crate::auth::TokenSigner;
+use crate::config::Settings;
+use crate::db::{Db, StoreError};
+use crate::state::{AppState, RateLimits};
+use crate::telemetry;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("storage: {0}")]
+    Storage(#[from] StoreError),
+    #[error("auth: {0}")]
+    Auth(#[from] crate::auth::KeyFileError),
+    #[error("redis: {0}")]
+    Redis(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Opens storage (applying migrations) and builds the shared state.
+pub async fn prepare(settings: Settings) -> Result<web::Data<AppState>, StartError> {
+    let db_settings = settings.database.clone();
+    let db = tokio::task::spawn_blocking(move || -> Result<Db, StoreError> {
+        let db = Db::connect(&db_settings)?;
+        let applied = db.migrate()?;
+        tracing::info!(backend = ?db.backend(), applied, "storage ready");
+        Ok(db)
+    })
+    .await
+    .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))??;
+    let tokens = TokenSigner::from_settings(&settings.auth)?;
+    let redis = match &settings.redis.url {
+        None => None,
+        Some(url) => {
+            let pool = deadpool_redis::Config::from_url(url.expose())
+                .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+                .map_err(|e| StartError::Redis(format!("invalid REDIS_URL: {e}")))?;
+            Some(pool)
+        }
+    };
+    Ok(web::Data::new(AppState {
+        limits: RateLimits::new(&settings.limits),
+        settings: Arc::new(settings),
+        db,
+        tokens,
+        redis,
+        metrics: telemetry::metrics_handle(),
+    }))
+}
+
+/// A bound, running server.
+pub struct Running {
+    pub addr: SocketAddr,
+    handle: ServerHandle,
+    server: actix_web::dev::Server,
+    state: web::Data<AppState>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The generated OpenAPI document, rendered once per worker.
+struct OpenApiDocument(String);
+
+async fn openapi_document(doc: web::Data<OpenApiDocument>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(doc.0.clone())
+}
+
+async fn unknown_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+/// Binds `server.bind` and starts the workers.
+pub fn start(state: web::Data<AppState>) -> Result<Running, StartError> {
+    let bind = state.settings.server.bind;
+    let listener =
+        TcpListener::bind(bind).map_err(|source| StartError::Bind { addr: bind, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr: bind, source })?;
+    let workers = match state.settings.server.workers {
+        0 => std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(2),
+        n => n,
+    };
+    let app_state = state.clone();
+    let server = HttpServer::new(move || {
+        let (app, openapi) = App::new()
+            .into_utoipa_app()
+            .openapi(ApiDoc::openapi())
+            .app_data(app_state.clone())
+            .app_data(web::QueryConfig::default().error_handler(|err, _| {
+                ApiError::BadRequest {
+                    code: "invalid_query",
+                    message: format!("invalid query string: {err}"),
+                    field: None,
+                }
+                .into()
+            }))
+            .app_data(web::PathConfig::default().error_handler(|err, req| {
+                ApiError::NotFound(format!("no resource at {}: {err}", req.path())).into()
+            }))
+            // Before the `/v1` scope, which would otherwise claim the path.
+            .route("/v1/openapi.json", web::get().to(openapi_document))
+            .configure(api::configure)
+            .split_for_parts();
+        let document = OpenApiDocument(openapi.to_pretty_json().unwrap_or_default());
+        app.app_data(web::Data::new(document))
+            .default_service(web::to(unknown_route))
+            .wrap(from_fn(telemetry::observe))
+    })
+    .workers(workers)
+    .shutdown_timeout(state.settings.server.shutdown_timeout_s)
+    .disable_signals()
+    .listen(listener)
+    .map_err(|source| StartError::Bind { addr: bind, source })?
+    .run();
+    let limits_state = state.clone();
+    actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            limits_state.limits.forget_idle();
+        }
+    });
+    Ok(Running {
+        addr,
+        handle: server.handle(),
+        server,
+        state,
+    })
+}
+
+impl Running {
+    /// Stops gracefully: no new connections, in-flight requests finish.
+    pub async fn stop(&self) {
+        self.handle.stop(true).await;
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains and closes storage.
+    pub async fn serve_until_signal(self) -> std::io::Result<()> {
+        let handle = self.handle.clone();
+        actix_web::rt::spawn(async move {
+            let signal = shutdown_signal().await;
+            tracing::info!(
+                signal,
+                "shutting down: no new connections, finishing in-flight requests"
+            );
+            handle.stop(true).await;
+        });
+        let result = self.server.await;
+        self.state.db.close();
+        tracing::info!("shutdown complete");
+        result
+    }
+}
+
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}

@@ -1,0 +1,75 @@
+//! What every request handler can reach: settings, storage, token signer,
+//! rate limits, Redis, metrics. Built once at start, shared by all workers.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::api::error::ApiError;
+use crate::auth::TokenSigner;
+use crate::config::{LimitSettings, Settings};
+use crate::db::Db;
+use crate::ids::{ApiKeyId, SessionId, UserId};
+
+#[derive(Debug)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub db: Db,
+    pub tokens: TokenSigner,
+    pub limits: RateLimits,
+    pub redis: Option<deadpool_redis::Pool>,
+    pub metrics: PrometheusHandle,
+}
+
+/// Who a request is counted against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateKey {
+    ApiKey(ApiKeyId),
+    User(UserId),
+    Session(SessionId),
+    /// Unauthenticated routes (signup, login, refresh), by peer address.
+    Peer(IpAddr),
+}
+
+/// Token buckets per credential (governor's GCRA).
+pub struct RateLimits {
+    buckets: DefaultKeyedRateLimiter<RateKey>,
+}
+
+impl std::fmt::Debug for RateLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimits")
+            .field("keys", &self.buckets.len())
+            .finish()
+    }
+}
+
+impl RateLimits {
+    pub fn new(settings: &LimitSettings) -> Self {
+        let rate = NonZeroU32::new(settings.requests_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(settings.burst).unwrap_or(rate);
+        Self {
+            buckets: DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+        }
+    }
+
+    /// Takes one request from the key's bucket, or says when to come back.
+    pub fn check(&self, key: RateKey) -> Result<(), ApiError> {
+        self.buckets.check_key(&key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            ApiError::RateLimited {
+                retry_after_s: wait.as_secs_f64().ceil().max(1.0) as u64,
+            }
+        })
+    }
+
+    /// Forgets buckets that are full again, so idle keys cost no memory.
+    pub fn forget_idle(&self) {
+        self.buckets.retain_recent();
+        self.buckets.shrink_to_fit();
+    }
+}
