@@ -72,7 +72,9 @@ pub async fn prepare(settings: Settings) -> Result<web::Data<AppState>, StartErr
 pub struct Running {
     pub addr: SocketAddr,
     handle: ServerHandle,
-    server: actix_web::dev::Server,
+    /// The server future, spawned on the current actix runtime (it serves
+    /// only while polled).
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
     state: web::Data<AppState>,
 }
 
@@ -155,10 +157,12 @@ pub fn start(state: web::Data<AppState>) -> Result<Running, StartError> {
             limits_state.limits.forget_idle();
         }
     });
+    let handle = server.handle();
+    let task = actix_web::rt::spawn(server);
     Ok(Running {
         addr,
-        handle: server.handle(),
-        server,
+        handle,
+        task,
         state,
     })
 }
@@ -180,7 +184,10 @@ impl Running {
             );
             handle.stop(true).await;
         });
-        let result = self.server.await;
+        let result = self
+            .task
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(format!("server task failed: {e}"))));
         self.state.db.close();
         tracing::info!("shutdown complete");
         result

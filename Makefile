@@ -1,0 +1,39 @@
+# Palaver: the two commands.
+#   make run   install what is missing, build release, migrate, serve on 127.0.0.1:8080 (SQLite)
+#   make test  install what is missing, fmt + clippy, the whole suite on SQLite and on a
+#              throw-away Postgres (with a throw-away Redis), then stop them
+SHELL := /bin/bash
+CARGO ?= cargo
+BIN := target/release/palaver
+
+.PHONY: run test build check fmt deps-run deps-test
+
+deps-run:
+	@scripts/setup-deps.sh run
+
+deps-test:
+	@scripts/setup-deps.sh test
+
+build: deps-run
+	$(CARGO) build --release --bin palaver
+
+run: build
+	@$(BIN) migrate
+	@echo
+	@echo "Palaver is starting on http://127.0.0.1:8080 (SQLite: data/palaver.db). In another terminal:"
+	@echo "  ORG=\$$($(BIN) admin create-org 'My company')"
+	@echo "  KEY=\$$($(BIN) admin create-key --org \$$ORG)"
+	@echo "  curl -s -H \"Authorization: Bearer \$$KEY\" http://127.0.0.1:8080/v1/assistants"
+	@echo "Stop with Ctrl-C (in-flight requests finish first)."
+	@echo
+	@exec $(BIN) serve
+
+check: deps-run
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test: deps-test check
+	@scripts/run-tests.sh
+
+fmt:
+	$(CARGO) fmt --all

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole suite, twice: on SQLite (the default), then on a throw-away
+# Postgres. A throw-away Redis is up for both. Both servers are stopped on
+# exit, whatever happens.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+cleanup() {
+  scripts/test-postgres.sh stop || true
+  scripts/test-redis.sh stop || true
+}
+trap cleanup EXIT
+
+PG_URL="$(scripts/test-postgres.sh start | tail -n 1)"
+REDIS_URL_TEST="$(scripts/test-redis.sh start | tail -n 1)"
+export PALAVER_TEST_REDIS_URL="$REDIS_URL_TEST"
+
+echo "== test suite on SQLite"
+cargo test --workspace --all-targets
+
+echo "== test suite on Postgres ($PG_URL)"
+PALAVER_TEST_DATABASE_URL="$PG_URL" cargo test --workspace --all-targets

@@ -1,0 +1,1300 @@
+//! The edges of the HTTP API: tenant isolation on every resource, refused
+//! input on every JSON route, credentials, query and path errors, rate
+//! limits, operations endpoints, and the OpenAPI document matching the
+//! routes that are really served.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::{TestServer, code};
+use palaver::auth::{Claims, TokenKind};
+use palaver::config::Secret;
+use palaver::ids::SessionId;
+use palaver::model::{MessageRole, Role};
+use palaver::store;
+use palaver::store::messages::{NewMessage, TurnLatency};
+use reqwest::header::{self, HeaderMap};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// A response with its headers, for the checks `TestServer::call` cannot do.
+#[derive(Debug)]
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+    text: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends `req` and checks what every response must carry: an `x-request-id`.
+async fn send(req: reqwest::RequestBuilder) -> Reply {
+    eprintln!("DEBUG {req:?}");
+    let resp = req.send().await.expect("request sent");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.expect("body read");
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let reply = Reply {
+        status,
+        headers,
+        body,
+        text,
+    };
+    assert!(
+        reply
+            .header("x-request-id")
+            .is_some_and(|id| !id.is_empty()),
+        "response without x-request-id: {reply:?}"
+    );
+    reply
+}
+
+/// A request with an optional bearer token, content type and raw body.
+async fn raw(
+    server: &TestServer,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    content_type: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> Reply {
+    let mut req = server.client.request(method, server.url(path));
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    if let Some(content_type) = content_type {
+        req = req.header(header::CONTENT_TYPE, content_type);
+    }
+    if let Some(body) = body {
+        req = req.body(body);
+    }
+    send(req).await
+}
+
+/// Asserts an error reply: status, `{"error": {"code", "message"}}` shape, code.
+#[track_caller]
+fn assert_error(what: &str, reply: &Reply, status: StatusCode, error_code: &str) {
+    assert_eq!(reply.status, status, "{what}: {}", reply.text);
+    assert_eq!(code(&reply.body), error_code, "{what}: {}", reply.text);
+    assert!(
+        reply.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{what}: error without a message: {}",
+        reply.text
+    );
+}
+
+fn ids(page: &Value) -> BTreeSet<i64> {
+    page["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a page: {page}"))
+        .iter()
+        .map(|item| item["id"].as_i64().expect("item id"))
+        .collect()
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Every route that needs a credential, with `{id}` already filled in.
+fn authenticated_routes(id: i64) -> Vec<(Method, String)> {
+    vec![
+        (Method::GET, "/v1/users/me".into()),
+        (Method::GET, "/v1/users".into()),
+        (Method::POST, "/v1/users".into()),
+        (Method::POST, "/v1/api-keys".into()),
+        (Method::GET, "/v1/api-keys".into()),
+        (Method::DELETE, format!("/v1/api-keys/{id}")),
+        (Method::GET, "/v1/organization".into()),
+        (Method::PATCH, "/v1/organization".into()),
+        (Method::POST, "/v1/assistants".into()),
+        (Method::GET, "/v1/assistants".into()),
+        (Method::GET, format!("/v1/assistants/{id}")),
+        (Method::PATCH, format!("/v1/assistants/{id}")),
+        (Method::DELETE, format!("/v1/assistants/{id}")),
+        (Method::POST, "/v1/sessions".into()),
+        (Method::GET, "/v1/sessions".into()),
+        (Method::GET, format!("/v1/sessions/{id}")),
+        (Method::POST, format!("/v1/sessions/{id}/end")),
+        (Method::GET, format!("/v1/sessions/{id}/messages")),
+    ]
+}
+
+const B_ASSISTANT_NAME: &str = "Bravo private concierge 7f3a";
+const B_MESSAGE_TEXT: &str = "bravo confidential transcript 91c2";
+
+#[actix_web::test]
+async fn tenant_isolation_hides_every_resource_of_another_organization() {
+    let server = TestServer::start().await;
+    let a = server.tenant("alpha").await;
+    let b = server.tenant("bravo").await;
+    let (a_user, a_user_token) = server.user(a.org, Role::Admin).await;
+    let (b_user, _) = server.user(b.org, Role::Member).await;
+
+    let a_assistant = server.assistant(&a.key, "Alpha helper").await;
+    let (a_session, _) = server.session(&a.key, a_assistant).await;
+
+    // Everything organization B owns.
+    let b_assistant = server.assistant(&b.key, B_ASSISTANT_NAME).await;
+    let (b_session, b_session_token) = server.session(&b.key, b_assistant).await;
+    let (status, created) = server
+        .post(
+            "/v1/api-keys",
+            &b.key,
+            json!({ "name": "bravo second key" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let b_key_id = created["id"].as_i64().unwrap();
+    let b_second_key = created["key"].as_str().unwrap().to_owned();
+    server
+        .state
+        .db
+        .run(move |c| {
+            store::messages::append(
+                c,
+                SessionId(b_session),
+                &NewMessage {
+                    role: MessageRole::User,
+                    content: B_MESSAGE_TEXT,
+                    heard_text: None,
+                    interrupted: false,
+                    started_at: store::now(),
+                    ended_at: None,
+                    latency: TurnLatency::default(),
+                },
+            )
+        })
+        .await
+        .unwrap();
+    // B really sees its transcript: the 404s below are isolation, not absence.
+    let (status, page) = server
+        .get(&format!("/v1/sessions/{b_session}/messages"), &b.key)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["data"][0]["content"], B_MESSAGE_TEXT, "{page}");
+    let (status, b_keys) = server.get("/v1/api-keys", &b.key).await;
+    assert_eq!(status, StatusCode::OK, "{b_keys}");
+    let b_key_ids = ids(&b_keys);
+    assert!(b_key_ids.contains(&b_key_id), "{b_keys}");
+
+    // A's API key and A's admin user token both see nothing of B.
+    for (who, token) in [
+        ("A's API key", a.key.as_str()),
+        ("A's admin user", &a_user_token),
+    ] {
+        let probes: Vec<(Method, String, Option<Value>)> = vec![
+            (Method::GET, format!("/v1/assistants/{b_assistant}"), None),
+            (
+                Method::PATCH,
+                format!("/v1/assistants/{b_assistant}"),
+                Some(json!({ "name": "hijacked", "system_prompt": "leak" })),
+            ),
+            (
+                Method::DELETE,
+                format!("/v1/assistants/{b_assistant}"),
+                None,
+            ),
+            (
+                Method::POST,
+                "/v1/sessions".into(),
+                Some(json!({ "assistant_id": b_assistant })),
+            ),
+            (Method::GET, format!("/v1/sessions/{b_session}"), None),
+            (Method::POST, format!("/v1/sessions/{b_session}/end"), None),
+            (
+                Method::GET,
+                format!("/v1/sessions/{b_session}/messages"),
+                None,
+            ),
+            (Method::DELETE, format!("/v1/api-keys/{b_key_id}"), None),
+        ];
+        for (method, path, body) in probes {
+            let what = format!("{who}: {method} {path}");
+            let mut req = server
+                .client
+                .request(method.clone(), server.url(&path))
+                .bearer_auth(token);
+            if let Some(body) = body {
+                req = req.json(&body);
+            }
+            let reply = send(req).await;
+            assert_error(&what, &reply, StatusCode::NOT_FOUND, "not_found");
+            assert!(
+                !reply.text.contains(B_ASSISTANT_NAME) && !reply.text.contains(B_MESSAGE_TEXT),
+                "{what}: the 404 leaks B's data: {}",
+                reply.text
+            );
+        }
+
+        // A's lists hold A's things and none of B's.
+        let (status, page) = server.get("/v1/assistants?limit=100", token).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(ids(&page).contains(&a_assistant), "{who}: {page}");
+        assert!(!ids(&page).contains(&b_assistant), "{who}: {page}");
+        assert!(
+            !page.to_string().contains(B_ASSISTANT_NAME),
+            "{who}: {page}"
+        );
+
+        let (status, page) = server.get("/v1/sessions?limit=100", token).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(ids(&page).contains(&a_session), "{who}: {page}");
+        assert!(!ids(&page).contains(&b_session), "{who}: {page}");
+
+        let (status, page) = server
+            .get(&format!("/v1/sessions?assistant_id={b_assistant}"), token)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(
+            ids(&page).is_empty(),
+            "{who}: filter by B's assistant: {page}"
+        );
+
+        let (status, page) = server.get("/v1/api-keys?limit=100", token).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(
+            !ids(&page).is_empty(),
+            "{who}: A's own key is listed: {page}"
+        );
+        assert!(ids(&page).is_disjoint(&b_key_ids), "{who}: {page}");
+
+        let (status, page) = server.get("/v1/users?limit=100", token).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(ids(&page).contains(&a_user.0), "{who}: {page}");
+        assert!(!ids(&page).contains(&b_user.0), "{who}: {page}");
+
+        let (status, org) = server.get("/v1/organization", token).await;
+        assert_eq!(status, StatusCode::OK, "{org}");
+        assert_eq!(org["id"], a.org.0, "{who}: {org}");
+    }
+
+    // B's things are untouched by A's attempts.
+    let (status, assistant) = server
+        .get(&format!("/v1/assistants/{b_assistant}"), &b.key)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{assistant}");
+    assert_eq!(assistant["name"], B_ASSISTANT_NAME, "{assistant}");
+    let (status, session) = server
+        .get(&format!("/v1/sessions/{b_session}"), &b.key)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{session}");
+    assert_eq!(session["status"], "created", "{session}");
+    let (status, me) = server.get("/v1/users/me", &b_second_key).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "B's key still works after A's revoke: {me}"
+    );
+    assert_eq!(me["organization"]["id"], b.org.0, "{me}");
+
+    // A session token reaches its own session and nothing else.
+    for path in [
+        format!("/v1/sessions/{a_session}"),
+        format!("/v1/sessions/{a_session}/messages"),
+    ] {
+        let reply = raw(
+            &server,
+            Method::GET,
+            &path,
+            Some(&b_session_token),
+            None,
+            None,
+        )
+        .await;
+        assert_error(&path, &reply, StatusCode::NOT_FOUND, "not_found");
+    }
+    let path = format!("/v1/sessions/{a_session}/end");
+    let reply = raw(
+        &server,
+        Method::POST,
+        &path,
+        Some(&b_session_token),
+        None,
+        None,
+    )
+    .await;
+    assert_error(&path, &reply, StatusCode::NOT_FOUND, "not_found");
+    let (status, session) = server
+        .get(&format!("/v1/sessions/{a_session}"), &a.key)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{session}");
+    assert_eq!(
+        session["status"], "created",
+        "B's token ended A's session: {session}"
+    );
+
+    let (status, session) = server
+        .get(&format!("/v1/sessions/{b_session}"), &b_session_token)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{session}");
+    assert_eq!(session["id"], b_session, "{session}");
+    let (status, page) = server
+        .get(
+            &format!("/v1/sessions/{b_session}/messages"),
+            &b_session_token,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["data"][0]["content"], B_MESSAGE_TEXT, "{page}");
+    for path in ["/v1/assistants", "/v1/sessions", "/v1/organization"] {
+        let reply = raw(
+            &server,
+            Method::GET,
+            path,
+            Some(&b_session_token),
+            None,
+            None,
+        )
+        .await;
+        assert_error(path, &reply, StatusCode::FORBIDDEN, "forbidden");
+    }
+    let path = format!("/v1/assistants/{b_assistant}");
+    let reply = raw(
+        &server,
+        Method::GET,
+        &path,
+        Some(&b_session_token),
+        None,
+        None,
+    )
+    .await;
+    assert_error(&path, &reply, StatusCode::FORBIDDEN, "forbidden");
+
+    server.stop().await;
+}
+
+/// One JSON route and a body with a wrongly typed known field.
+struct JsonRoute {
+    method: Method,
+    path: String,
+    token: Option<String>,
+    wrong_type: Value,
+    wrong_field: &'static str,
+}
+
+#[actix_web::test]
+async fn bad_bodies_are_refused_on_every_json_route() {
+    const LIMIT: usize = 1024;
+    let server = TestServer::start_with(|s| s.server.body_limit_bytes = LIMIT).await;
+    let t = server.tenant("bodies").await;
+    let assistant = server.assistant(&t.key, "Body checker").await;
+    let key = Some(t.key.clone());
+    let route =
+        |method: Method, path: &str, token: &Option<String>, wrong_type, wrong_field| JsonRoute {
+            method,
+            path: path.to_owned(),
+            token: token.clone(),
+            wrong_type,
+            wrong_field,
+        };
+    let routes = [
+        route(
+            Method::POST,
+            "/v1/assistants",
+            &key,
+            json!({ "name": 5 }),
+            "name",
+        ),
+        route(
+            Method::PATCH,
+            &format!("/v1/assistants/{assistant}"),
+            &key,
+            json!({ "interruptions_enabled": "yes" }),
+            "interruptions_enabled",
+        ),
+        route(
+            Method::POST,
+            "/v1/sessions",
+            &key,
+            json!({ "assistant_id": "one" }),
+            "assistant_id",
+        ),
+        route(
+            Method::POST,
+            "/v1/api-keys",
+            &key,
+            json!({ "name": 5 }),
+            "name",
+        ),
+        route(
+            Method::POST,
+            "/v1/users",
+            &key,
+            json!({ "email": 5 }),
+            "email",
+        ),
+        route(
+            Method::PATCH,
+            "/v1/organization",
+            &key,
+            json!({ "name": [] }),
+            "name",
+        ),
+        route(
+            Method::POST,
+            "/v1/auth/signup",
+            &None,
+            json!({ "email": 5 }),
+            "email",
+        ),
+        route(
+            Method::POST,
+            "/v1/auth/login",
+            &None,
+            json!({ "email": true }),
+            "email",
+        ),
+        route(
+            Method::POST,
+            "/v1/auth/refresh",
+            &None,
+            json!({ "refresh_token": 5 }),
+            "refresh_token",
+        ),
+    ];
+    let json_type = Some("application/json");
+    for r in &routes {
+        let token = r.token.as_deref();
+        let at = format!("{} {}", r.method, r.path);
+        let send_body = |content_type: Option<&'static str>, body: &[u8]| {
+            raw(
+                &server,
+                r.method.clone(),
+                &r.path,
+                token,
+                content_type,
+                Some(body.to_vec()),
+            )
+        };
+
+        let reply = send_body(json_type, b"{oops}").await;
+        assert_error(
+            &format!("{at} malformed"),
+            &reply,
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        );
+
+        let reply = send_body(json_type, b"").await;
+        assert_error(
+            &format!("{at} empty"),
+            &reply,
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        );
+
+        let reply = send_body(json_type, b"  \n").await;
+        assert_error(
+            &format!("{at} blank"),
+            &reply,
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        );
+
+        let reply = send_body(json_type, b"[]").await;
+        assert_error(
+            &format!("{at} array"),
+            &reply,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+
+        let reply = send_body(json_type, br#"{"bogus_field": 1}"#).await;
+        assert_error(
+            &format!("{at} unknown field"),
+            &reply,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+        assert_eq!(
+            reply.body["error"]["field"], "bogus_field",
+            "{at}: {}",
+            reply.text
+        );
+
+        let reply = send_body(json_type, r.wrong_type.to_string().as_bytes()).await;
+        assert_error(
+            &format!("{at} wrong type"),
+            &reply,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+        assert_eq!(
+            reply.body["error"]["field"], r.wrong_field,
+            "{at}: {}",
+            reply.text
+        );
+
+        let good_json = br#"{"name": "x"}"#;
+        let reply = send_body(Some("text/plain"), good_json).await;
+        assert_error(
+            &format!("{at} text/plain"),
+            &reply,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        );
+        let reply = send_body(None, good_json).await;
+        assert_error(
+            &format!("{at} no content type"),
+            &reply,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        );
+
+        let big = json!({ "name": "x".repeat(3 * LIMIT) }).to_string();
+        let reply = send_body(json_type, big.as_bytes()).await;
+        assert_error(
+            &format!("{at} oversized"),
+            &reply,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        );
+    }
+
+    // Nested paths are dotted, and `application/*+json` counts as JSON.
+    for (body, field) in [
+        (
+            json!({ "llm": { "temperature": "hot" } }),
+            "llm.temperature",
+        ),
+        (json!({ "llm": { "bogus": 1 } }), "llm.bogus"),
+        (
+            json!({ "name": "a", "llm": { "temperature": 2.5 } }),
+            "llm.temperature",
+        ),
+        (
+            json!({ "name": "a", "end_of_turn_ms": 50 }),
+            "end_of_turn_ms",
+        ),
+        (json!({ "name": "a", "metadata": [1] }), "metadata"),
+    ] {
+        let reply = raw(
+            &server,
+            Method::POST,
+            "/v1/assistants",
+            Some(&t.key),
+            Some("application/merge-patch+json; charset=utf-8"),
+            Some(body.to_string().into_bytes()),
+        )
+        .await;
+        assert_error(
+            &body.to_string(),
+            &reply,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+        assert_eq!(
+            reply.body["error"]["field"], field,
+            "{body}: {}",
+            reply.text
+        );
+    }
+
+    // A body just under the limit is read.
+    let name = "n".repeat(90);
+    let padded = json!({ "name": name, "system_prompt": "p".repeat(LIMIT - 150) }).to_string();
+    assert!(padded.len() < LIMIT);
+    let reply = raw(
+        &server,
+        Method::POST,
+        "/v1/assistants",
+        Some(&t.key),
+        json_type,
+        Some(padded.into_bytes()),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+
+    server.stop().await;
+}
+
+#[actix_web::test]
+async fn authenticated_routes_refuse_missing_garbage_and_expired_credentials() {
+    let server = TestServer::start().await;
+    let t = server.tenant("creds").await;
+    let (user, _) = server.user(t.org, Role::Admin).await;
+    let now = unix_now();
+    let expired = server.state.tokens.sign_claims(&Claims {
+        typ: TokenKind::Access,
+        org: t.org,
+        uid: Some(user),
+        role: Some(Role::Admin),
+        sid: None,
+        iat: now - 3_600,
+        exp: now - 120,
+    });
+    let other_secret = {
+        // Same claims, signed with a key this server does not know.
+        let mut auth = server.state.settings.auth.clone();
+        auth.jwt_secret = Some(Secret::new("another-secret-0123456789abcdef-xyz"));
+        let signer = palaver::auth::TokenSigner::from_settings(&auth).unwrap();
+        signer.issue_access(t.org, user, Role::Admin).0
+    };
+    let (refresh, _) = server.state.tokens.issue_refresh(t.org, user);
+    // Well formed, but never stored.
+    let fake_key = palaver::auth::generate_api_key().secret.expose().to_owned();
+
+    for (method, path) in authenticated_routes(1) {
+        let at = format!("{method} {path}");
+        let body = matches!(method, Method::POST | Method::PATCH).then(|| b"{}".to_vec());
+        let content_type = body.as_ref().map(|_| "application/json");
+
+        let reply = raw(
+            &server,
+            method.clone(),
+            &path,
+            None,
+            content_type,
+            body.clone(),
+        )
+        .await;
+        assert_error(
+            &format!("{at} no credential"),
+            &reply,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
+        assert!(
+            reply
+                .header("www-authenticate")
+                .is_some_and(|v| v.starts_with("Bearer")),
+            "{at}: 401 without WWW-Authenticate: {:?}",
+            reply.headers
+        );
+
+        for garbage in [
+            "garbage",
+            "pk_garbage",
+            fake_key.as_str(),
+            other_secret.as_str(),
+            refresh.as_str(),
+        ] {
+            let reply = raw(
+                &server,
+                method.clone(),
+                &path,
+                Some(garbage),
+                content_type,
+                body.clone(),
+            )
+            .await;
+            assert_error(
+                &format!("{at} bad credential {garbage:.12}"),
+                &reply,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            );
+            assert!(
+                reply.header("www-authenticate").is_some(),
+                "{at}: {:?}",
+                reply.headers
+            );
+        }
+
+        let mut req = server.client.request(method.clone(), server.url(&path));
+        req = req.header(header::AUTHORIZATION, format!("Basic {}", t.key));
+        let reply = send(req).await;
+        assert_error(
+            &format!("{at} not bearer"),
+            &reply,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
+
+        let reply = raw(
+            &server,
+            method.clone(),
+            &path,
+            Some(&expired),
+            content_type,
+            body,
+        )
+        .await;
+        assert_error(
+            &format!("{at} expired"),
+            &reply,
+            StatusCode::UNAUTHORIZED,
+            "token_expired",
+        );
+        assert!(
+            reply.header("www-authenticate").is_some(),
+            "{at}: {:?}",
+            reply.headers
+        );
+    }
+
+    // The same expired token is accepted once it is fresh: the 401 was the expiry.
+    let fresh = server.state.tokens.sign_claims(&Claims {
+        typ: TokenKind::Access,
+        org: t.org,
+        uid: Some(user),
+        role: Some(Role::Admin),
+        sid: None,
+        iat: now,
+        exp: now + 600,
+    });
+    let (status, me) = server.get("/v1/users/me", &fresh).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+
+    // An expired refresh token is refused as expired too.
+    let expired_refresh = server.state.tokens.sign_claims(&Claims {
+        typ: TokenKind::Refresh,
+        org: t.org,
+        uid: Some(user),
+        role: None,
+        sid: None,
+        iat: now - 3_600,
+        exp: now - 120,
+    });
+    let reply = raw(
+        &server,
+        Method::POST,
+        "/v1/auth/refresh",
+        None,
+        Some("application/json"),
+        Some(
+            json!({ "refresh_token": expired_refresh })
+                .to_string()
+                .into_bytes(),
+        ),
+    )
+    .await;
+    assert_error(
+        "expired refresh",
+        &reply,
+        StatusCode::UNAUTHORIZED,
+        "token_expired",
+    );
+
+    server.stop().await;
+}
+
+#[actix_web::test]
+async fn bad_query_strings_and_path_ids_are_refused() {
+    let server = TestServer::start().await;
+    let t = server.tenant("queries").await;
+    let assistant = server.assistant(&t.key, "Query checker").await;
+    let (session, _) = server.session(&t.key, assistant).await;
+    let key = Some(t.key.as_str());
+    let get = async |path: String| raw(&server, Method::GET, &path, key, None, None).await;
+
+    let lists = [
+        "/v1/assistants".to_owned(),
+        "/v1/sessions".to_owned(),
+        "/v1/api-keys".to_owned(),
+        "/v1/users".to_owned(),
+        format!("/v1/sessions/{session}/messages"),
+    ];
+    for list in &lists {
+        for query in ["limit=abc", "limit=1.5", "limit=", "bogus=1"] {
+            let reply = get(format!("{list}?{query}")).await;
+            assert_error(
+                &format!("{list}?{query}"),
+                &reply,
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+            );
+        }
+        for (query, field) in [
+            ("limit=0", "limit"),
+            ("limit=101", "limit"),
+            ("limit=-1", "limit"),
+            ("after=xyz", "after"),
+        ] {
+            let reply = get(format!("{list}?{query}")).await;
+            assert_error(
+                &format!("{list}?{query}"),
+                &reply,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+            );
+            assert_eq!(
+                reply.body["error"]["field"], field,
+                "{list}?{query}: {}",
+                reply.text
+            );
+        }
+        for query in ["limit=1", "limit=100", "after=0"] {
+            let reply = get(format!("{list}?{query}")).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::OK,
+                "{list}?{query}: {}",
+                reply.text
+            );
+        }
+    }
+    for query in ["status=bogus", "status=", "assistant_id=abc"] {
+        let reply = get(format!("/v1/sessions?{query}")).await;
+        assert_error(
+            &format!("/v1/sessions?{query}"),
+            &reply,
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        );
+    }
+    let reply = get("/v1/sessions?status=created".into()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert!(ids(&reply.body).contains(&session), "{}", reply.text);
+    let reply = get(format!(
+        "/v1/sessions/{session}/messages?after={}",
+        1_i64 << 40
+    ))
+    .await;
+    assert_error(
+        "after out of range",
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert_eq!(reply.body["error"]["field"], "after", "{}", reply.text);
+
+    // Ids that are not numbers, or too large, or unknown: 404, never 400 or 500.
+    for bad in ["abc", "1.5", "99999999999999999999", "-"] {
+        let routes = [
+            (Method::GET, format!("/v1/assistants/{bad}")),
+            (Method::PATCH, format!("/v1/assistants/{bad}")),
+            (Method::DELETE, format!("/v1/assistants/{bad}")),
+            (Method::GET, format!("/v1/sessions/{bad}")),
+            (Method::POST, format!("/v1/sessions/{bad}/end")),
+            (Method::GET, format!("/v1/sessions/{bad}/messages")),
+            (Method::DELETE, format!("/v1/api-keys/{bad}")),
+        ];
+        for (method, path) in routes {
+            let body = (method == Method::PATCH).then(|| br#"{"name":"x"}"#.to_vec());
+            let content_type = body.as_ref().map(|_| "application/json");
+            let reply = raw(&server, method.clone(), &path, key, content_type, body).await;
+            assert_error(
+                &format!("{method} {path}"),
+                &reply,
+                StatusCode::NOT_FOUND,
+                "not_found",
+            );
+        }
+    }
+    for path in [
+        "/v1/assistants/999999999",
+        "/v1/sessions/999999999",
+        "/v1/sessions/999999999/messages",
+    ] {
+        let reply = get(path.into()).await;
+        assert_error(path, &reply, StatusCode::NOT_FOUND, "not_found");
+    }
+
+    // Unknown routes answer a JSON 404, with or without a credential.
+    for (method, path, token) in [
+        (Method::GET, "/v1/nope", None),
+        (Method::GET, "/v1/nope", key),
+        (Method::POST, "/nope", None),
+        (Method::GET, "/v2/assistants", key),
+        (Method::PUT, "/v1/assistants", key),
+        (Method::GET, "/", None),
+    ] {
+        let reply = raw(&server, method.clone(), path, token, None, None).await;
+        assert_error(
+            &format!("{method} {path}"),
+            &reply,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        );
+        assert!(
+            reply
+                .header("content-type")
+                .is_some_and(|ct| ct.starts_with("application/json")),
+            "{method} {path}: {:?}",
+            reply.headers
+        );
+        let message = reply.body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("no route for"),
+            "{method} {path}: {message}"
+        );
+    }
+
+    server.stop().await;
+}
+
+#[actix_web::test]
+async fn rate_limit_answers_429_with_retry_after_per_credential() {
+    let server = TestServer::start_with(|s| {
+        s.limits.requests_per_second = 1;
+        s.limits.burst = 2;
+    })
+    .await;
+    let a = server.tenant("limited").await;
+    let b = server.tenant("unaffected").await;
+    let (_, a_user_token) = server.user(a.org, Role::Admin).await;
+
+    // The burst is served whatever the timing.
+    for n in 1..=2 {
+        let (status, body) = server.get("/v1/organization", &a.key).await;
+        assert_eq!(status, StatusCode::OK, "request {n}: {body}");
+    }
+    // The burst is spent; the bucket refills at one a second, so one of the
+    // next quick requests is refused (in practice the very next one).
+    let mut limited = None;
+    for _ in 0..20 {
+        let reply = raw(
+            &server,
+            Method::GET,
+            "/v1/organization",
+            Some(&a.key),
+            None,
+            None,
+        )
+        .await;
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(reply);
+            break;
+        }
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    }
+    let reply = limited.expect("no 429 after the burst was spent");
+    assert_error(
+        "over the limit",
+        &reply,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+    );
+    let retry_after: u64 = reply
+        .header("retry-after")
+        .expect("429 without Retry-After")
+        .parse()
+        .expect("Retry-After in whole seconds");
+    assert!(retry_after >= 1, "Retry-After {retry_after}");
+
+    // Other credentials have their own buckets.
+    let (status, body) = server.get("/v1/organization", &b.key).await;
+    assert_eq!(status, StatusCode::OK, "another organization's key: {body}");
+    let (status, body) = server.get("/v1/organization", &a_user_token).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a user token of the same org: {body}"
+    );
+
+    // Unauthenticated routes are limited by peer address.
+    let mut limited = None;
+    for _ in 0..20 {
+        let reply = raw(
+            &server,
+            Method::POST,
+            "/v1/auth/login",
+            None,
+            Some("application/json"),
+            Some(b"{}".to_vec()),
+        )
+        .await;
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(reply);
+            break;
+        }
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            reply.text
+        );
+    }
+    let reply = limited.expect("login never rate limited");
+    assert_error(
+        "login over the limit",
+        &reply,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+    );
+    assert!(reply.header("retry-after").is_some(), "{:?}", reply.headers);
+
+    server.stop().await;
+}
+
+#[actix_web::test]
+async fn healthz_and_readyz_report_ok_without_redis() {
+    let server = TestServer::start().await;
+    let reply = raw(&server, Method::GET, "/healthz", None, None, None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.body["status"], "ok", "{}", reply.text);
+
+    let reply = raw(&server, Method::GET, "/readyz", None, None, None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.body["status"], "ready", "{}", reply.text);
+    assert_eq!(reply.body["database"], "ok", "{}", reply.text);
+    assert_eq!(reply.body["redis"], "not_configured", "{}", reply.text);
+    server.stop().await;
+}
+
+#[actix_web::test]
+async fn readyz_is_503_when_redis_is_unreachable() {
+    let server = TestServer::start_with(|s| {
+        s.redis.url = Some(Secret::new("redis://127.0.0.1:1"));
+    })
+    .await;
+    let reply = raw(&server, Method::GET, "/readyz", None, None, None).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text
+    );
+    assert_eq!(reply.body["status"], "unready", "{}", reply.text);
+    assert_eq!(reply.body["database"], "ok", "{}", reply.text);
+    let redis = reply.body["redis"].as_str().unwrap_or_default();
+    assert!(redis.starts_with("unreachable"), "{}", reply.text);
+    // Liveness does not depend on Redis.
+    let reply = raw(&server, Method::GET, "/healthz", None, None, None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    server.stop().await;
+}
+
+#[actix_web::test]
+async fn readyz_is_ok_with_a_reachable_redis() {
+    let url = match std::env::var("PALAVER_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            eprintln!(
+                "SKIPPED readyz_is_ok_with_a_reachable_redis: PALAVER_TEST_REDIS_URL is not set \
+                 (start one with scripts/test-redis.sh start)"
+            );
+            return;
+        }
+    };
+    let server = TestServer::start_with(move |s| s.redis.url = Some(Secret::new(url))).await;
+    let reply = raw(&server, Method::GET, "/readyz", None, None, None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.body["status"], "ready", "{}", reply.text);
+    assert_eq!(reply.body["redis"], "ok", "{}", reply.text);
+    server.stop().await;
+}
+
+#[actix_web::test]
+async fn metrics_count_requests_by_route_and_show_the_pool() {
+    let server = TestServer::start().await;
+    let t = server.tenant("metrics").await;
+    let assistant = server.assistant(&t.key, "Counted").await;
+    let (status, body) = server
+        .get(&format!("/v1/assistants/{assistant}"), &t.key)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let reply = raw(&server, Method::GET, "/metrics", None, None, None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert!(
+        reply
+            .header("content-type")
+            .is_some_and(|ct| ct.starts_with("text/plain")),
+        "{:?}",
+        reply.headers
+    );
+    let text = &reply.text;
+    let counted = text.lines().any(|line| {
+        line.starts_with("palaver_http_requests_total{")
+            && line.contains(r#"route="/v1/assistants/{id}""#)
+            && line.contains(r#"method="GET""#)
+            && line.contains(r#"status="200""#)
+    });
+    assert!(
+        counted,
+        "no request counter for GET /v1/assistants/{{id}} in:\n{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("palaver_http_requests_total{")
+                && line.contains(r#"route="/v1/assistants""#)
+                && line.contains(r#"status="201""#)),
+        "no request counter for POST /v1/assistants in:\n{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("palaver_db_pool_connections{")),
+        "no pool gauge in:\n{text}"
+    );
+    // Route labels are patterns, never raw paths with ids.
+    assert!(
+        !text.contains(&format!("route=\"/v1/assistants/{assistant}\"")),
+        "raw id in a route label:\n{text}"
+    );
+    server.stop().await;
+}
+
+#[actix_web::test]
+async fn every_response_carries_a_request_id_and_a_valid_one_is_echoed() {
+    let server = TestServer::start().await;
+    let t = server.tenant("ids").await;
+    // `send` asserts the header on each of these.
+    raw(&server, Method::GET, "/healthz", None, None, None).await;
+    raw(
+        &server,
+        Method::GET,
+        "/v1/organization",
+        Some(&t.key),
+        None,
+        None,
+    )
+    .await;
+    raw(&server, Method::GET, "/v1/organization", None, None, None).await;
+    raw(
+        &server,
+        Method::GET,
+        "/v1/assistants/abc",
+        Some(&t.key),
+        None,
+        None,
+    )
+    .await;
+    raw(&server, Method::GET, "/v1/nope", None, None, None).await;
+    raw(
+        &server,
+        Method::POST,
+        "/v1/assistants",
+        Some(&t.key),
+        Some("text/plain"),
+        Some(b"x".to_vec()),
+    )
+    .await;
+    raw(&server, Method::GET, "/v1/openapi.json", None, None, None).await;
+    raw(&server, Method::GET, "/metrics", None, None, None).await;
+
+    let first = raw(&server, Method::GET, "/healthz", None, None, None).await;
+    let second = raw(&server, Method::GET, "/healthz", None, None, None).await;
+    assert_ne!(
+        first.header("x-request-id"),
+        second.header("x-request-id"),
+        "generated request ids repeat"
+    );
+
+    for path in ["/healthz", "/v1/nope", "/v1/organization"] {
+        let reply = send(
+            server
+                .client
+                .get(server.url(path))
+                .header("x-request-id", "abc-123"),
+        )
+        .await;
+        assert_eq!(reply.header("x-request-id"), Some("abc-123"), "{path}");
+    }
+    // An id that is not a safe token is replaced, not echoed.
+    let unsafe_id = "bad id; <script>";
+    let reply = send(
+        server
+            .client
+            .get(server.url("/healthz"))
+            .header("x-request-id", unsafe_id),
+    )
+    .await;
+    assert_ne!(reply.header("x-request-id"), Some(unsafe_id));
+    let long_id = "a".repeat(65);
+    let reply = send(
+        server
+            .client
+            .get(server.url("/healthz"))
+            .header("x-request-id", &long_id),
+    )
+    .await;
+    assert_ne!(reply.header("x-request-id"), Some(long_id.as_str()));
+    server.stop().await;
+}
+
+#[actix_web::test]
+async fn openapi_documents_every_served_route_and_only_served_routes() {
+    let server = TestServer::start().await;
+    let reply = raw(&server, Method::GET, "/v1/openapi.json", None, None, None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let doc = &reply.body;
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "not an OpenAPI 3 document: {:.300}",
+        reply.text
+    );
+    let paths = doc["paths"].as_object().expect("paths object");
+
+    let mut documented = BTreeSet::new();
+    for (path, item) in paths {
+        for method in [
+            "get", "put", "post", "delete", "options", "head", "patch", "trace",
+        ] {
+            if item.get(method).is_some() {
+                documented.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+
+    // Every documented route is served (answered by something other than the
+    // unknown-route fallback).
+    for (method, path) in &documented {
+        let concrete = path.replace("{id}", "1");
+        assert!(
+            !concrete.contains('{'),
+            "unexpected path parameter in {path}"
+        );
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let body = matches!(method, Method::POST | Method::PATCH).then(|| b"{}".to_vec());
+        let content_type = body.as_ref().map(|_| "application/json");
+        let reply = raw(&server, method.clone(), &concrete, None, content_type, body).await;
+        let message = reply.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            !(reply.status == StatusCode::NOT_FOUND && message.starts_with("no route for")),
+            "documented route {method} {path} is not served: {}",
+            reply.text
+        );
+        assert!(
+            reply.status.is_success()
+                || [StatusCode::UNAUTHORIZED, StatusCode::UNPROCESSABLE_ENTITY]
+                    .contains(&reply.status),
+            "{method} {path} without a credential: {} {}",
+            reply.status,
+            reply.text
+        );
+    }
+
+    // Every served route is documented.
+    let mut expected: BTreeSet<(String, String)> = [
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/metrics"),
+        ("POST", "/v1/auth/signup"),
+        ("POST", "/v1/auth/login"),
+        ("POST", "/v1/auth/refresh"),
+    ]
+    .into_iter()
+    .map(|(m, p)| (m.to_owned(), p.to_owned()))
+    .collect();
+    expected.extend(
+        authenticated_routes(0)
+            .into_iter()
+            .map(|(m, p)| (m.to_string(), p.replace("/0", "/{id}"))),
+    );
+    let missing: Vec<_> = expected.difference(&documented).collect();
+    assert!(missing.is_empty(), "served but not documented: {missing:?}");
+    let unknown: Vec<_> = documented.difference(&expected).collect();
+    assert!(
+        unknown.is_empty(),
+        "documented routes this test does not know: {unknown:?}"
+    );
+
+    // Every documented operation that takes a credential says so.
+    for (method, path) in &documented {
+        let op = &paths[path][method.to_lowercase()];
+        let public = path.starts_with("/v1/auth/") || !path.starts_with("/v1/");
+        assert_eq!(
+            op.get("security").is_some(),
+            !public,
+            "{method} {path}: security requirement documented wrongly"
+        );
+    }
+    server.stop().await;
+}
