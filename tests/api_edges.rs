@@ -110,27 +110,49 @@ fn unix_now() -> i64 {
         .as_secs() as i64
 }
 
-/// Every route that needs a credential, with `{id}` already filled in.
-fn authenticated_routes(id: i64) -> Vec<(Method, String)> {
+/// Every route that needs a credential, with `{id}` filled in and, for the
+/// routes that take one, a well-formed body.
+fn authenticated_routes(id: i64) -> Vec<(Method, String, Option<Value>)> {
+    let user = json!({ "email": "new@example.com", "password": "correct horse battery", "role": "member" });
     vec![
-        (Method::GET, "/v1/users/me".into()),
-        (Method::GET, "/v1/users".into()),
-        (Method::POST, "/v1/users".into()),
-        (Method::POST, "/v1/api-keys".into()),
-        (Method::GET, "/v1/api-keys".into()),
-        (Method::DELETE, format!("/v1/api-keys/{id}")),
-        (Method::GET, "/v1/organization".into()),
-        (Method::PATCH, "/v1/organization".into()),
-        (Method::POST, "/v1/assistants".into()),
-        (Method::GET, "/v1/assistants".into()),
-        (Method::GET, format!("/v1/assistants/{id}")),
-        (Method::PATCH, format!("/v1/assistants/{id}")),
-        (Method::DELETE, format!("/v1/assistants/{id}")),
-        (Method::POST, "/v1/sessions".into()),
-        (Method::GET, "/v1/sessions".into()),
-        (Method::GET, format!("/v1/sessions/{id}")),
-        (Method::POST, format!("/v1/sessions/{id}/end")),
-        (Method::GET, format!("/v1/sessions/{id}/messages")),
+        (Method::GET, "/v1/users/me".into(), None),
+        (Method::GET, "/v1/users".into(), None),
+        (Method::POST, "/v1/users".into(), Some(user)),
+        (
+            Method::POST,
+            "/v1/api-keys".into(),
+            Some(json!({ "name": "k" })),
+        ),
+        (Method::GET, "/v1/api-keys".into(), None),
+        (Method::DELETE, format!("/v1/api-keys/{id}"), None),
+        (Method::GET, "/v1/organization".into(), None),
+        (
+            Method::PATCH,
+            "/v1/organization".into(),
+            Some(json!({ "name": "o" })),
+        ),
+        (
+            Method::POST,
+            "/v1/assistants".into(),
+            Some(json!({ "name": "a" })),
+        ),
+        (Method::GET, "/v1/assistants".into(), None),
+        (Method::GET, format!("/v1/assistants/{id}"), None),
+        (
+            Method::PATCH,
+            format!("/v1/assistants/{id}"),
+            Some(json!({ "name": "a" })),
+        ),
+        (Method::DELETE, format!("/v1/assistants/{id}"), None),
+        (
+            Method::POST,
+            "/v1/sessions".into(),
+            Some(json!({ "assistant_id": id })),
+        ),
+        (Method::GET, "/v1/sessions".into(), None),
+        (Method::GET, format!("/v1/sessions/{id}"), None),
+        (Method::POST, format!("/v1/sessions/{id}/end"), None),
+        (Method::GET, format!("/v1/sessions/{id}/messages"), None),
     ]
 }
 
@@ -649,9 +671,9 @@ async fn authenticated_routes_refuse_missing_garbage_and_expired_credentials() {
     // Well formed, but never stored.
     let fake_key = palaver::auth::generate_api_key().secret.expose().to_owned();
 
-    for (method, path) in authenticated_routes(1) {
+    for (method, path, body) in authenticated_routes(1) {
         let at = format!("{method} {path}");
-        let body = matches!(method, Method::POST | Method::PATCH).then(|| b"{}".to_vec());
+        let body = body.map(|b| b.to_string().into_bytes());
         let content_type = body.as_ref().map(|_| "application/json");
 
         let reply = raw(
@@ -781,6 +803,99 @@ async fn authenticated_routes_refuse_missing_garbage_and_expired_credentials() {
         "token_expired",
     );
 
+    server.stop().await;
+}
+
+/// Known server bug (see the report): `Caller` and `ValidJson` are extracted
+/// concurrently, and an API key is checked against the database
+/// asynchronously, so a body error wins the race and an unknown or revoked
+/// `pk_` key gets 400/415/422 (with schema details) instead of 401.
+#[actix_web::test]
+#[ignore = "server bug: body errors are answered before an API key is authenticated"]
+async fn body_errors_never_precede_authentication() {
+    let server = TestServer::start().await;
+    let unknown_key = palaver::auth::generate_api_key().secret.expose().to_owned();
+    for (method, path, body) in authenticated_routes(1) {
+        if body.is_none() {
+            continue;
+        }
+        for (content_type, bad_body) in [
+            ("application/json", &br#"{"bogus_field": 1}"#[..]),
+            ("application/json", b"{oops}"),
+            ("text/plain", b"{}"),
+        ] {
+            let reply = raw(
+                &server,
+                method.clone(),
+                &path,
+                Some(&unknown_key),
+                Some(content_type),
+                Some(bad_body.to_vec()),
+            )
+            .await;
+            assert_error(
+                &format!("{method} {path} unknown key, {content_type} body {bad_body:?}"),
+                &reply,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            );
+        }
+    }
+    server.stop().await;
+}
+
+/// Known server bug (see the report): a missing required field is a 422
+/// without `field`, because serde reports it at the enclosing object.
+#[actix_web::test]
+#[ignore = "server bug: a missing required field is not named in error.field"]
+async fn missing_required_fields_are_named_in_the_error() {
+    let server = TestServer::start().await;
+    let t = server.tenant("missing").await;
+    let key = Some(t.key.as_str());
+    for (path, token, body, field) in [
+        ("/v1/sessions", key, json!({}), "assistant_id"),
+        ("/v1/api-keys", key, json!({}), "name"),
+        (
+            "/v1/users",
+            key,
+            json!({ "email": "m@example.com", "role": "member" }),
+            "password",
+        ),
+        (
+            "/v1/auth/login",
+            None,
+            json!({ "email": "m@example.com" }),
+            "password",
+        ),
+        ("/v1/auth/refresh", None, json!({}), "refresh_token"),
+        (
+            "/v1/auth/signup",
+            None,
+            json!({ "email": "m@example.com", "password": "long enough pw" }),
+            "organization_name",
+        ),
+    ] {
+        let reply = raw(
+            &server,
+            Method::POST,
+            path,
+            token,
+            Some("application/json"),
+            Some(body.to_string().into_bytes()),
+        )
+        .await;
+        assert_error(
+            path,
+            &reply,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+        assert_eq!(
+            reply.body["error"]["field"], field,
+            "{path}: {}",
+            reply.text
+        );
+    }
     server.stop().await;
 }
 
@@ -1276,7 +1391,7 @@ async fn openapi_documents_every_served_route_and_only_served_routes() {
     expected.extend(
         authenticated_routes(0)
             .into_iter()
-            .map(|(m, p)| (m.to_string(), p.replace("/0", "/{id}"))),
+            .map(|(m, p, _)| (m.to_string(), p.replace("/0", "/{id}"))),
     );
     let missing: Vec<_> = expected.difference(&documented).collect();
     assert!(missing.is_empty(), "served but not documented: {missing:?}");

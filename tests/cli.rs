@@ -1,0 +1,216 @@
+//! The `palaver` binary as an operator runs it: admin commands, migrations,
+//! configuration errors, and serving with a graceful stop on SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_palaver");
+
+/// A working folder with the environment that points the binary at a fresh
+/// database (SQLite in the folder, or a new Postgres database).
+struct Env {
+    dir: tempfile::TempDir,
+    vars: Vec<(String, String)>,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = common::test_database(dir.path());
+        let mut vars = vec![
+            (
+                "PALAVER_AUTH_JWT_SECRET".to_owned(),
+                common::JWT_SECRET.to_owned(),
+            ),
+            ("RUST_LOG".to_owned(), "info".to_owned()),
+        ];
+        match &db.url {
+            Some(url) => vars.push(("DATABASE_URL".to_owned(), url.expose().to_owned())),
+            None => vars.push((
+                "PALAVER_DATABASE_SQLITE_PATH".to_owned(),
+                db.sqlite_path.display().to_string(),
+            )),
+        }
+        Env { dir, vars }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env_remove("DATABASE_URL");
+        for (k, v) in &self.vars {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs to completion; returns (success, stdout, stderr).
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+#[test]
+fn admin_commands_create_an_org_a_key_and_a_user() {
+    let env = Env::new();
+    let (ok, stdout, stderr) = env.run(&["migrate"], None);
+    assert!(ok, "{stderr}");
+    let (ok, org, stderr) = env.run(&["admin", "create-org", "Acme Hotels"], None);
+    assert!(ok, "{stderr}");
+    assert!(org.parse::<i64>().is_ok(), "stdout is the bare id: {org:?}");
+    assert!(stdout.is_empty());
+    let (ok, key, stderr) = env.run(&["admin", "create-key", "--org", &org], None);
+    assert!(ok, "{stderr}");
+    assert!(key.starts_with("pk_") && key.len() == 43, "{key}");
+    assert!(stderr.contains("shown only now"), "{stderr}");
+    let (ok, user, stderr) = env.run(
+        &[
+            "admin",
+            "create-user",
+            "--org",
+            &org,
+            "--email",
+            "ops@acme.test",
+            "--role",
+            "manager",
+        ],
+        Some("a long enough password\n"),
+    );
+    assert!(ok, "{stderr}");
+    assert!(user.parse::<i64>().is_ok(), "{user}");
+    assert!(
+        !stderr.contains("a long enough password"),
+        "the password is never echoed"
+    );
+
+    let (ok, _, stderr) = env.run(&["admin", "create-key", "--org", "999999"], None);
+    assert!(!ok);
+    assert!(
+        stderr.contains("no organization with id 999999"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn configuration_mistakes_are_reported_with_their_origin() {
+    let env = Env::new();
+    let config = env.dir.path().join("palaver.toml");
+    std::fs::write(&config, "[server]\nbind = \"127.0.0.1:0\"\nwrokers = 2\n").unwrap();
+    let (ok, _, stderr) = env.run(&["--config", config.to_str().unwrap(), "migrate"], None);
+    assert!(!ok);
+    assert!(
+        stderr.contains("palaver.toml") && stderr.contains("wrokers"),
+        "{stderr}"
+    );
+
+    let mut cmd = env.command(&["migrate"]);
+    cmd.env("PALAVER_SERVER_BINDD", "x");
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PALAVER_SERVER_BINDD"));
+}
+
+fn wait_for_line(reader: &mut impl BufRead, needle: &str, log: &mut String) -> bool {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {
+                log.push_str(&line);
+                if line.contains(needle) {
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+/// Kills the server if the test fails before it exits by itself.
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn serve_answers_and_stops_gracefully_on_sigterm() {
+    let env = Env::new();
+    let mut child = env
+        .command(&["serve"])
+        .env("PALAVER_SERVER_BIND", "127.0.0.1:0")
+        .env("PALAVER_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut guard = KillOnDrop(Some(child));
+    let mut log = String::new();
+    assert!(
+        wait_for_line(&mut stderr, "\"listening\"", &mut log),
+        "never listened:\n{log}"
+    );
+    let listening: serde_json::Value =
+        serde_json::from_str(log.lines().last().unwrap()).expect("JSON log line");
+    let addr = listening["addr"].as_str().unwrap().to_owned();
+
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    let pid = guard.0.as_ref().unwrap().id();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        wait_for_line(&mut stderr, "shutdown complete", &mut log),
+        "no clean shutdown:\n{log}"
+    );
+    let exit = guard.0.take().unwrap().wait().unwrap();
+    assert!(exit.success(), "exit status {exit:?}\n{log}");
+    assert!(log.contains("SIGTERM"), "{log}");
+    assert!(
+        !log.contains(common::JWT_SECRET),
+        "secrets never reach the log"
+    );
+}
