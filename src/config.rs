@@ -324,15 +324,21 @@ fn apply_env(
         let Some(toml::Value::Table(section_table)) = tree.get_mut(&section) else {
             continue;
         };
-        let known = section_table.contains_key(&field) || optional_field(&section, &field);
-        if !known {
-            return Err(ConfigError::UnknownEnvField {
-                var,
-                section,
-                field,
-            });
-        }
-        section_table.insert(field, env_value(&value));
+        let value = match section_table.get(&field) {
+            Some(default) => typed_like(default, &value).ok_or_else(|| ConfigError::Invalid {
+                origin: format!("environment variable {var}"),
+                message: format!("expected {}, got `{value}`", default.type_str()),
+            })?,
+            None if optional_field(&section, &field) => toml::Value::String(value),
+            None => {
+                return Err(ConfigError::UnknownEnvField {
+                    var,
+                    section,
+                    field,
+                });
+            }
+        };
+        section_table.insert(field, value);
     }
     Ok(())
 }
@@ -345,21 +351,15 @@ fn optional_field(section: &str, field: &str) -> bool {
     )
 }
 
-/// An environment value as TOML: integers, floats and booleans keep their
-/// type, everything else is a string.
-fn env_value(raw: &str) -> toml::Value {
-    if let Ok(i) = raw.parse::<i64>() {
-        return toml::Value::Integer(i);
-    }
-    if let Ok(b) = raw.parse::<bool>() {
-        return toml::Value::Boolean(b);
-    }
-    if let Ok(f) = raw.parse::<f64>() {
-        if raw.contains('.') {
-            return toml::Value::Float(f);
-        }
-    }
-    toml::Value::String(raw.to_owned())
+/// An environment value as TOML, typed like the field's default: a port
+/// stays a number and a numeric-looking secret stays a string.
+fn typed_like(default: &toml::Value, raw: &str) -> Option<toml::Value> {
+    Some(match default {
+        toml::Value::Integer(_) => toml::Value::Integer(raw.trim().parse().ok()?),
+        toml::Value::Float(_) => toml::Value::Float(raw.trim().parse().ok()?),
+        toml::Value::Boolean(_) => toml::Value::Boolean(raw.trim().parse().ok()?),
+        _ => toml::Value::String(raw.to_owned()),
+    })
 }
 
 #[cfg(test)]
@@ -428,11 +428,31 @@ mod tests {
     }
 
     #[test]
-    fn wrongly_typed_env_value_is_rejected() {
+    fn wrongly_typed_env_value_is_rejected_naming_the_variable() {
         let err = Settings::load(None, env(&[("PALAVER_SERVER_WORKERS", "many")]))
             .expect_err("must fail")
             .to_string();
-        assert!(err.contains("invalid"), "{err}");
+        assert!(
+            err.contains("PALAVER_SERVER_WORKERS") && err.contains("integer"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn env_values_take_the_type_of_their_field() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("PALAVER_AUTH_JWT_SECRET", "123456"),
+                ("PALAVER_AUTH_ALLOW_SIGNUP", "false"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(
+            s.auth.jwt_secret.as_ref().map(Secret::expose),
+            Some("123456")
+        );
+        assert!(!s.auth.allow_signup);
     }
 
     #[test]
