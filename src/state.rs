@@ -9,7 +9,6 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::api::error::ApiError;
 use crate::auth::TokenSigner;
 use crate::config::{LimitSettings, Settings};
 use crate::db::Db;
@@ -35,6 +34,12 @@ pub enum RateKey {
     Peer(IpAddr),
 }
 
+/// A bucket is empty: come back in `seconds` (at least 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAfter {
+    pub seconds: u64,
+}
+
 /// Token buckets per credential (governor's GCRA).
 pub struct RateLimits {
     buckets: DefaultKeyedRateLimiter<RateKey>,
@@ -58,11 +63,11 @@ impl RateLimits {
     }
 
     /// Takes one request from the key's bucket, or says when to come back.
-    pub fn check(&self, key: RateKey) -> Result<(), ApiError> {
+    pub fn check(&self, key: RateKey) -> Result<(), RetryAfter> {
         self.buckets.check_key(&key).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            ApiError::RateLimited {
-                retry_after_s: wait.as_secs_f64().ceil().max(1.0) as u64,
+            RetryAfter {
+                seconds: wait.as_secs_f64().ceil().max(1.0) as u64,
             }
         })
     }

@@ -188,6 +188,14 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::state::RetryAfter> for ApiError {
+    fn from(retry: crate::state::RetryAfter) -> Self {
+        ApiError::RateLimited {
+            retry_after_s: retry.seconds,
+        }
+    }
+}
+
 /// Maps "not found" to a message naming the thing, everything else as usual.
 pub fn not_found(
     what: &'static str,

@@ -208,7 +208,7 @@ impl FromRequest for PeerLimited {
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         std::future::ready(
             state(req)
-                .and_then(|state| state.limits.check(RateKey::Peer(ip)))
+                .and_then(|state| Ok(state.limits.check(RateKey::Peer(ip))?))
                 .map(|_| PeerLimited),
         )
     }

@@ -17,6 +17,7 @@ CREATE TABLE users (
     UNIQUE (organization_id, email)
 );
 CREATE INDEX users_email ON users (email);
+CREATE INDEX users_org ON users (organization_id, id);
 
 CREATE TABLE api_keys (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
