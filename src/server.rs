@@ -141,6 +141,7 @@ pub fn start(state: web::Data<AppState>) -> Result<Running, StartError> {
         let document = OpenApiDocument(openapi.to_pretty_json().unwrap_or_default());
         app.app_data(web::Data::new(document))
             .default_service(web::to(unknown_route))
+            .wrap(from_fn(api::extract::authenticate_request))
             .wrap(from_fn(telemetry::observe))
     })
     .workers(workers)

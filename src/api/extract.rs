@@ -4,8 +4,11 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use actix_web::dev::Payload;
+use actix_web::HttpMessage;
+use actix_web::body::MessageBody;
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::header;
+use actix_web::middleware::Next;
 use actix_web::web::{BytesMut, Data};
 use actix_web::{FromRequest, HttpRequest};
 use chrono::TimeDelta;
@@ -105,10 +108,15 @@ fn state(req: &HttpRequest) -> Result<Data<AppState>, ApiError> {
         .ok_or_else(|| ApiError::Internal("application state missing".into()))
 }
 
+fn missing_credential() -> ApiError {
+    ApiError::unauthorized("missing `Authorization: Bearer <API key or token>` header")
+}
+
 fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
-    let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
-        ApiError::unauthorized("missing `Authorization: Bearer <API key or token>` header")
-    })?;
+    let value = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or_else(missing_credential)?;
     let value = value
         .to_str()
         .map_err(|_| ApiError::unauthorized("the Authorization header is not valid text"))?;
@@ -177,19 +185,45 @@ async fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiError>
     })
 }
 
-impl FromRequest for Caller {
-    type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+/// The outcome of authenticating a request, left by [`authenticate_request`]
+/// for the [`Caller`] extractor.
+struct Authenticated(Result<Caller, ApiError>);
 
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let state = state(req);
-        let token = bearer(req);
-        Box::pin(async move {
-            let state = state?;
-            let caller = authenticate(&state, &token?).await?;
+/// Middleware: authenticates every request that carries an `Authorization`
+/// header and charges its rate limit *before* any extractor runs. Actix polls
+/// a handler's extractors concurrently, so authenticating inside the
+/// extractor would let a body error (or a body read) beat a 401.
+pub async fn authenticate_request(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if req.headers().contains_key(header::AUTHORIZATION) {
+        let outcome = async {
+            let state = state(req.request())?;
+            let caller = authenticate(&state, &bearer(req.request())?).await?;
             state.limits.check(caller.rate_key())?;
             Ok(caller)
-        })
+        }
+        .await;
+        req.extensions_mut().insert(Authenticated(outcome));
+    }
+    next.call(req).await
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let outcome = match req.extensions_mut().remove::<Authenticated>() {
+            Some(Authenticated(outcome)) => outcome,
+            // No header: say what is missing.
+            None if !req.headers().contains_key(header::AUTHORIZATION) => Err(missing_credential()),
+            None => Err(ApiError::Internal(
+                "authentication middleware is not installed on this route".into(),
+            )),
+        };
+        std::future::ready(outcome)
     }
 }
 
@@ -297,10 +331,19 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         let path = err.path().to_string();
         let inner = err.into_inner();
         if inner.is_data() {
-            ApiError::Validation {
-                message: inner.to_string(),
-                field: (path != ".").then_some(path),
-            }
+            let message = inner.to_string();
+            // serde blames a missing field on the object that lacks it.
+            let missing = message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split_once('`'))
+                .map(|(name, _)| name.to_owned());
+            let field = match (path.as_str(), missing) {
+                (".", Some(name)) => Some(name),
+                (parent, Some(name)) => Some(format!("{parent}.{name}")),
+                (".", None) => None,
+                (_, None) => Some(path),
+            };
+            ApiError::Validation { message, field }
         } else {
             syntax(inner)
         }
