@@ -1,12 +1,16 @@
 //! palaver-actors: the actors of a Palaver node and the ports they call.
 //!
-//! This crate will own `SessionActor` (the per-session orchestrator around a
-//! sans-IO conversation state machine), `RoomActor`, `PresenceActor`, the
-//! node registry, and the provider (STT, LLM, TTS) and storage traits those
-//! actors call. The server crate (`palaver`) implements the ports; this crate
-//! depends only on `palaver-media`, never on the server.
+//! # Layout
 //!
-//! It is empty until the realtime voice work lands: nothing here is used by
-//! the foundation (REST, storage, auth).
+//! - [`conversation`]: the sans-IO conversation state machine of one voice
+//!   session: turn taking, barge-in, `heard_text`, per-turn latencies.
+//!
+//! `SessionActor` (the actix actor wrapping a [`conversation::Conversation`]),
+//! `RoomActor`, `PresenceActor`, the node registry and the provider ports
+//! join this crate with the realtime voice work. The server crate
+//! (`palaver`) implements the ports; this crate depends only on
+//! `palaver-media`, never on the server.
+
+pub mod conversation;
 
 pub use palaver_media as media;
