@@ -4,6 +4,8 @@
 //!
 //! - [`conversation`]: the sans-IO conversation state machine of one voice
 //!   session: turn taking, barge-in, `heard_text`, per-turn latencies.
+//! - [`ports`]: the provider traits (speech to text, language model, text to
+//!   speech) a session calls; adapters live in the server crate.
 //!
 //! `SessionActor` (the actix actor wrapping a [`conversation::Conversation`]),
 //! `RoomActor`, `PresenceActor`, the node registry and the provider ports
@@ -12,5 +14,6 @@
 //! `palaver-media`, never on the server.
 
 pub mod conversation;
+pub mod ports;
 
 pub use palaver_media as media;
