@@ -51,6 +51,10 @@ pub struct ConversationConfig {
     /// A TTS chunk is cut at a word boundary once this long, even without
     /// sentence punctuation.
     pub max_chunk_chars: usize,
+    /// Whether replies are spoken. A text-only session (a WebSocket client
+    /// that sends no audio) gets replies as text: nothing is synthesised and
+    /// a reply counts as delivered once generated.
+    pub speak: bool,
 }
 
 impl Default for ConversationConfig {
@@ -67,6 +71,7 @@ impl Default for ConversationConfig {
             max_duration_ms: 600_000,
             apology: "Sorry, I'm having trouble answering right now.".to_owned(),
             max_chunk_chars: 200,
+            speak: true,
         }
     }
 }
@@ -288,6 +293,8 @@ struct Reply {
     speech_ended_at: Option<Millis>,
     latency: TurnLatency,
     failed: bool,
+    /// False in a text-only session.
+    spoken: bool,
 }
 
 impl Reply {
@@ -306,6 +313,10 @@ impl Reply {
     /// the current chunk that were spoken (by word timings when the TTS gave
     /// them, else in proportion to the audio sent).
     fn heard_text(&self) -> String {
+        if !self.spoken {
+            // Text-only: what was generated is what the caller got.
+            return self.text.split_whitespace().collect::<Vec<_>>().join(" ");
+        }
         let mut heard: Vec<&str> = Vec::new();
         let mut left = self.sent_ms;
         for chunk in &self.chunks {
@@ -438,12 +449,14 @@ impl Conversation {
                 speech_ended_at: None,
                 latency: TurnLatency::default(),
                 failed: false,
+                spoken: conversation.config.speak,
             });
             conversation.phase = Phase::Thinking;
             conversation.emit(Event::AssistantDelta {
                 text: first.clone(),
             });
             conversation.synthesize(first);
+            conversation.maybe_finish_reply(0);
         }
         conversation
     }
@@ -545,7 +558,7 @@ impl Conversation {
 
     fn synthesize(&mut self, text: String) {
         let text = text.trim().to_owned();
-        if text.is_empty() {
+        if text.is_empty() || !self.config.speak {
             return;
         }
         let id = ChunkId(self.next_chunk);
@@ -722,6 +735,7 @@ impl Conversation {
                 ..TurnLatency::default()
             },
             failed: false,
+            spoken: self.config.speak,
         });
         self.phase = Phase::Thinking;
         self.outputs.push_back(Output::StartLlm {

@@ -755,3 +755,49 @@ fn proportional_heard_text_counts_only_whole_words() {
     assert_eq!(proportional_words("alpha beta", 1_000, 1_000).count(), 2);
     assert_eq!(proportional_words("alpha", 0, 1_000).count(), 0);
 }
+
+#[test]
+fn text_only_sessions_deliver_replies_as_generated() {
+    let mut c = Conversation::new(ConversationConfig {
+        speak: false,
+        first_message: Some("Hi, type away.".into()),
+        ..config()
+    });
+    let out = drain(&mut c);
+    assert!(synthesized(&out).is_empty(), "nothing is synthesised");
+    assert!(events(&out).contains(&&Event::AssistantDone {
+        text: "Hi, type away.".into()
+    }));
+    assert_eq!(c.phase(), Phase::Listening);
+    c.handle_input(
+        1_000,
+        Input::UserText {
+            text: "Hello".into(),
+        },
+    );
+    let (turn, _) = started_turn(&drain(&mut c)).unwrap();
+    c.handle_input(
+        1_100,
+        Input::LlmToken {
+            turn,
+            text: "Hello! Nice ".into(),
+        },
+    );
+    c.handle_input(
+        1_120,
+        Input::LlmToken {
+            turn,
+            text: "to meet you.".into(),
+        },
+    );
+    c.handle_input(1_130, Input::LlmDone { turn });
+    let out = drain(&mut c);
+    assert!(synthesized(&out).is_empty());
+    let msg = stored(&out)[0];
+    assert_eq!(msg.content, "Hello! Nice to meet you.");
+    assert_eq!(msg.heard_text, None, "everything generated was delivered");
+    assert_eq!(
+        c.history().last().unwrap().content,
+        "Hello! Nice to meet you."
+    );
+}
