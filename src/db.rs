@@ -147,9 +147,11 @@ struct SqlitePragmas;
 
 impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        // WAL is set once per file by `enable_wal`, before the pool opens:
+        // connections opened together would race for the exclusive lock the
+        // switch needs.
         conn.batch_execute(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+            "PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
         )
         .map_err(diesel::r2d2::Error::QueryError)
     }
@@ -185,6 +187,7 @@ impl Db {
                         })?;
                     }
                 }
+                enable_wal(&path)?;
                 let pool = Pool::builder()
                     .max_size(settings.pool_size.max(1))
                     .connection_timeout(timeout)
@@ -281,6 +284,15 @@ impl Db {
             }
         }
     }
+}
+
+/// Puts the SQLite file in WAL mode (a property of the file, kept across
+/// connections), through one connection of its own.
+fn enable_wal(path: &str) -> Result<(), StoreError> {
+    let mut conn = SqliteConnection::establish(path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite database {path}: {e}")))?;
+    conn.batch_execute("PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL;")
+        .map_err(|e| StoreError::Unavailable(format!("cannot enable WAL on {path}: {e}")))
 }
 
 /// Connection errors from libpq can echo the URL; never let a password out.
