@@ -22,19 +22,35 @@ pub type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send + 'static>>;
 pub enum ProviderError {
     /// No answer within the configured time.
     #[error("{provider} timed out after {after_ms} ms")]
-    Timeout { provider: &'static str, after_ms: u64 },
+    Timeout {
+        provider: &'static str,
+        after_ms: u64,
+    },
     /// The provider answered with an error status.
     #[error("{provider} answered HTTP {status}: {message}")]
-    Status { provider: &'static str, status: u16, message: String },
+    Status {
+        provider: &'static str,
+        status: u16,
+        message: String,
+    },
     /// The connection failed or broke mid-stream.
     #[error("{provider} connection failed: {message}")]
-    Transport { provider: &'static str, message: String },
+    Transport {
+        provider: &'static str,
+        message: String,
+    },
     /// The provider sent something that does not follow its protocol.
     #[error("{provider} sent an invalid response: {message}")]
-    Protocol { provider: &'static str, message: String },
+    Protocol {
+        provider: &'static str,
+        message: String,
+    },
     /// The provider is not usable here (missing key, model not installed).
     #[error("{provider} is not available: {message}")]
-    Unavailable { provider: &'static str, message: String },
+    Unavailable {
+        provider: &'static str,
+        message: String,
+    },
     /// Too many requests in flight for a bounded local engine.
     #[error("{provider} is busy; try again shortly")]
     Busy { provider: &'static str },
