@@ -15,7 +15,7 @@ use jsonwebtoken::{Algorithm as JwtAlgorithm, DecodingKey, EncodingKey, Header, 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{AuthSettings, Secret};
-use crate::ids::{OrgId, SessionId, UserId};
+use crate::ids::{ApiKeyId, OrgId, SessionId, UserId};
 use crate::model::Role;
 
 /// Every API key starts with this, so a key is recognisable in a config file.
@@ -112,6 +112,72 @@ pub fn burn_password_check(password: &str) {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let dummy = DUMMY.get_or_init(|| hash_password("not a real password"));
     let _ = verify_secret(password, dummy);
+}
+
+/// API keys verified recently, so a busy key costs one argon2 check per
+/// `ttl` instead of one per request. Only a BLAKE2 digest of the key is kept,
+/// in memory; revoking a key on this node forgets it at once, and other
+/// nodes forget it within `ttl`.
+pub struct VerifiedKeys {
+    entries: std::sync::Mutex<std::collections::HashMap<String, VerifiedKey>>,
+    ttl: std::time::Duration,
+    capacity: usize,
+}
+
+#[derive(Clone, Copy)]
+struct VerifiedKey {
+    digest: [u8; 32],
+    key: ApiKeyId,
+    org: OrgId,
+    verified_at: std::time::Instant,
+}
+
+impl std::fmt::Debug for VerifiedKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedKeys").field("ttl", &self.ttl).finish_non_exhaustive()
+    }
+}
+
+fn digest(secret: &str) -> [u8; 32] {
+    use blake2::Digest;
+    blake2::Blake2s256::digest(secret.as_bytes()).into()
+}
+
+impl VerifiedKeys {
+    pub fn new(ttl: std::time::Duration, capacity: usize) -> Self {
+        Self { entries: Default::default(), ttl, capacity: capacity.max(1) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, VerifiedKey>> {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The key and organization of `presented`, if it was verified within
+    /// the TTL.
+    pub fn get(&self, prefix: &str, presented: &str) -> Option<(ApiKeyId, OrgId)> {
+        let entry = *self.lock().get(prefix)?;
+        let fresh = entry.verified_at.elapsed() < self.ttl;
+        (fresh && entry.digest == digest(presented)).then_some((entry.key, entry.org))
+    }
+
+    pub fn remember(&self, prefix: &str, presented: &str, key: ApiKeyId, org: OrgId) {
+        let mut entries = self.lock();
+        if entries.len() >= self.capacity {
+            let ttl = self.ttl;
+            entries.retain(|_, e| e.verified_at.elapsed() < ttl);
+            if entries.len() >= self.capacity {
+                entries.clear();
+            }
+        }
+        let entry =
+            VerifiedKey { digest: digest(presented), key, org, verified_at: std::time::Instant::now() };
+        entries.insert(prefix.to_owned(), entry);
+    }
+
+    pub fn forget(&self, prefix: &str) {
+        self.lock().remove(prefix);
+    }
 }
 
 /// What a JWT is for.
@@ -334,6 +400,22 @@ mod tests {
         assert!(verify_secret(key.secret.expose(), &hash));
         let other = generate_api_key();
         assert!(!verify_secret(other.secret.expose(), &hash));
+    }
+
+    #[test]
+    fn verified_keys_answer_only_for_the_same_key_within_the_ttl() {
+        let cache = VerifiedKeys::new(std::time::Duration::from_secs(60), 2);
+        let key = generate_api_key();
+        cache.remember(&key.prefix, key.secret.expose(), ApiKeyId(1), OrgId(7));
+        assert_eq!(cache.get(&key.prefix, key.secret.expose()), Some((ApiKeyId(1), OrgId(7))));
+        let forged = format!("{}{}", &key.secret.expose()[..12], "0".repeat(31));
+        assert_eq!(cache.get(&key.prefix, &forged), None, "same prefix, other key");
+        cache.forget(&key.prefix);
+        assert_eq!(cache.get(&key.prefix, key.secret.expose()), None);
+
+        let expired = VerifiedKeys::new(std::time::Duration::ZERO, 2);
+        expired.remember(&key.prefix, key.secret.expose(), ApiKeyId(1), OrgId(7));
+        assert_eq!(expired.get(&key.prefix, key.secret.expose()), None);
     }
 
     #[test]

@@ -14,11 +14,17 @@ use utoipa_actix_web::AppExt;
 
 use crate::api::error::ApiError;
 use crate::api::{self, ApiDoc};
-use crate::auth::TokenSigner;
+use crate::auth::{TokenSigner, VerifiedKeys};
 use crate::config::Settings;
 use crate::db::{Db, StoreError};
 use crate::state::{AppState, RateLimits};
 use crate::telemetry;
+
+/// How long a verified API key is trusted without another argon2 check; a
+/// key revoked on another node stops working within this time.
+const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+/// API keys remembered at most.
+const KEY_CACHE_CAPACITY: usize = 10_000;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +66,7 @@ pub async fn prepare(settings: Settings) -> Result<web::Data<AppState>, StartErr
     };
     Ok(web::Data::new(AppState {
         limits: RateLimits::new(&settings.limits),
+        verified_keys: VerifiedKeys::new(KEY_CACHE_TTL, KEY_CACHE_CAPACITY),
         settings: Arc::new(settings),
         db,
         tokens,

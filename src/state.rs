@@ -9,7 +9,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::auth::TokenSigner;
+use crate::auth::{TokenSigner, VerifiedKeys};
 use crate::config::{LimitSettings, Settings};
 use crate::db::Db;
 use crate::ids::{ApiKeyId, SessionId, UserId};
@@ -19,6 +19,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub db: Db,
     pub tokens: TokenSigner,
+    /// API keys verified recently (see [`VerifiedKeys`]).
+    pub verified_keys: VerifiedKeys,
     pub limits: RateLimits,
     pub redis: Option<deadpool_redis::Pool>,
     pub metrics: PrometheusHandle,

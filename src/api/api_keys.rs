@@ -181,6 +181,7 @@ async fn revoke_key(
         .run(move |c| store::api_keys::revoke(c, org, id))
         .await
         .map_err(not_found("API key", id))?;
+    state.verified_keys.forget(&row.prefix);
     tracing::info!(key = %id, prefix = %row.prefix, org = %org, "API key revoked");
     Ok(web::Json(row.into()))
 }

@@ -133,9 +133,13 @@ async fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiError>
     if token.starts_with(API_KEY_PREFIX) {
         let invalid = || ApiError::unauthorized("invalid or revoked API key");
         let prefix = auth::api_key_prefix(token).ok_or_else(invalid)?.to_owned();
+        if let Some((key, org)) = state.verified_keys.get(&prefix, token) {
+            return Ok(Caller { org, kind: CallerKind::ApiKey(key) });
+        }
+        let lookup = prefix.clone();
         let key = state
             .db
-            .run(move |c| store::api_keys::find_active_by_prefix(c, &prefix))
+            .run(move |c| store::api_keys::find_active_by_prefix(c, &lookup))
             .await?
             .ok_or_else(invalid)?;
         let presented = token.to_owned();
@@ -146,21 +150,13 @@ async fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiError>
         if !matches {
             return Err(invalid());
         }
+        state.verified_keys.remember(&prefix, token, key.id, key.organization_id);
         let now = store::now();
-        if key
-            .last_used_at
-            .is_none_or(|at| now - at > KEY_TOUCH_INTERVAL)
-        {
+        if key.last_used_at.is_none_or(|at| now - at > KEY_TOUCH_INTERVAL) {
             let id = key.id;
-            state
-                .db
-                .run(move |c| store::api_keys::touch(c, id, now))
-                .await?;
+            state.db.run(move |c| store::api_keys::touch(c, id, now)).await?;
         }
-        return Ok(Caller {
-            org: key.organization_id,
-            kind: CallerKind::ApiKey(key.id),
-        });
+        return Ok(Caller { org: key.organization_id, kind: CallerKind::ApiKey(key.id) });
     }
     let claims = state.tokens.verify(token).map_err(|err| match err {
         TokenError::Expired => ApiError::Unauthorized {
