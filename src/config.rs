@@ -3,9 +3,9 @@
 //!
 //! Every field can be overridden by `PALAVER_<SECTION>_<FIELD>` (for example
 //! `PALAVER_SERVER_BIND=0.0.0.0:8080`, `PALAVER_LOG_FORMAT=json`). The
-//! conventional `DATABASE_URL` and `REDIS_URL` are honoured too. Unknown keys,
-//! in the file or in a `PALAVER_*` variable naming a known section, are
-//! rejected with a message that says where they came from.
+//! conventional `DATABASE_URL`, `REDIS_URL` and `OPENAI_API_KEY` are honoured
+//! too. Unknown keys, in the file or in a `PALAVER_*` variable naming a known
+//! section, are rejected with a message that says where they came from.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -14,7 +14,15 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// Sections a `PALAVER_<SECTION>_<FIELD>` variable may name.
-const SECTIONS: &[&str] = &["server", "database", "redis", "auth", "limits", "log"];
+const SECTIONS: &[&str] = &[
+    "server",
+    "database",
+    "redis",
+    "auth",
+    "limits",
+    "log",
+    "providers",
+];
 
 /// Variables with this prefix belong to the test harness, not to the server.
 const TEST_ENV_PREFIX: &str = "PALAVER_TEST_";
@@ -51,6 +59,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub limits: LimitSettings,
     pub log: LogSettings,
+    pub providers: ProviderSettings,
 }
 
 /// The HTTP listener.
@@ -199,6 +208,47 @@ impl Default for LogSettings {
     }
 }
 
+/// Speech-to-text, language model and text-to-speech providers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderSettings {
+    /// Bearer key for the OpenAI API (`OPENAI_API_KEY` is honoured too).
+    /// Required when `openai_base_url` is OpenAI's own; optional for an
+    /// OpenAI-compatible server that wants no key.
+    pub openai_api_key: Option<Secret>,
+    /// Base URL of the OpenAI API or of a compatible server (vLLM, Ollama,
+    /// LocalAI…), up to and including the version, e.g. `/v1`.
+    pub openai_base_url: String,
+    /// Longest one provider call may take from sending the request to its
+    /// last byte: a whole streamed reply, a whole synthesis, the
+    /// transcription of one utterance.
+    pub request_timeout_ms: u64,
+    /// Longest wait for the first byte of a streamed reply or synthesis,
+    /// connecting included (also the connect timeout of every call).
+    pub first_byte_timeout_ms: u64,
+    /// Longest silence between two pieces of a streamed reply or synthesis.
+    pub idle_timeout_ms: u64,
+    /// Text-to-speech model, e.g. `tts-1`, `tts-1-hd`, `gpt-4o-mini-tts`.
+    pub tts_model: String,
+    /// Speech-to-text model used when a session names none, e.g.
+    /// `whisper-1`, `gpt-4o-mini-transcribe`.
+    pub stt_model: String,
+}
+
+impl Default for ProviderSettings {
+    fn default() -> Self {
+        Self {
+            openai_api_key: None,
+            openai_base_url: "https://api.openai.com/v1".to_owned(),
+            request_timeout_ms: 60_000,
+            first_byte_timeout_ms: 10_000,
+            idle_timeout_ms: 10_000,
+            tts_model: "tts-1".to_owned(),
+            stt_model: "whisper-1".to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -303,6 +353,7 @@ fn apply_env(
         let (section, field) = match var.as_str() {
             "DATABASE_URL" => ("database".to_owned(), "url".to_owned()),
             "REDIS_URL" => ("redis".to_owned(), "url".to_owned()),
+            "OPENAI_API_KEY" => ("providers".to_owned(), "openai_api_key".to_owned()),
             _ => {
                 let Some(rest) = var.strip_prefix("PALAVER_") else {
                     continue;
@@ -347,7 +398,11 @@ fn apply_env(
 fn optional_field(section: &str, field: &str) -> bool {
     matches!(
         (section, field),
-        ("server", "public_url") | ("database", "url") | ("redis", "url") | ("auth", "jwt_secret")
+        ("server", "public_url")
+            | ("database", "url")
+            | ("redis", "url")
+            | ("auth", "jwt_secret")
+            | ("providers", "openai_api_key")
     )
 }
 

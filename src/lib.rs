@@ -9,6 +9,9 @@
 //! - [`schema`], [`ids`], [`model`]: tables, newtype ids, small enums.
 //! - [`store`]: queries, one module per table, each scoped by organization.
 //! - [`auth`]: API keys, passwords (argon2), JWTs.
+//! - [`providers`]: adapters for the provider ports (OpenAI-compatible
+//!   chat completions, speech and transcription) and the registry that
+//!   hands them out by name.
 //! - [`api`]: the HTTP routes, extractors and the error type at the edge.
 //! - [`state`]: what handlers share; [`server`]: start and graceful stop.
 //! - [`telemetry`]: logs, metrics, request ids.
@@ -24,6 +27,7 @@ pub mod config;
 pub mod db;
 pub mod ids;
 pub mod model;
+pub mod providers;
 pub mod schema;
 pub mod server;
 pub mod state;

@@ -1,0 +1,128 @@
+//! Adapters that implement the provider ports of `palaver-actors`
+//! ([`LanguageModel`], [`SpeechSynthesizer`], [`SpeechRecognizer`]) over
+//! real provider APIs, and [`Providers`], the registry that hands them out
+//! by name.
+//!
+//! # Layout
+//!
+//! - [`openai_api`]: what the OpenAI adapters share: the HTTP client, key,
+//!   timeouts, the single retry, error mapping.
+//! - [`openai_llm`]: streamed chat completions ([`OpenAiChat`]).
+//! - [`openai_tts`]: streamed PCM speech ([`OpenAiSpeech`]).
+//! - [`openai_stt`]: per-utterance transcription ([`OpenAiTranscription`]).
+//! - `sse`: the sans-IO server-sent events parser.
+//!
+//! This module owns provider I/O only: it knows nothing of sessions,
+//! storage or HTTP routes. Every adapter is cancelled by dropping the stream
+//! it returned. No adapter logs a key or puts one in an error.
+
+pub mod openai_api;
+pub mod openai_llm;
+pub mod openai_stt;
+pub mod openai_tts;
+mod sse;
+
+use std::sync::Arc;
+
+use palaver_actors::ports::{LanguageModel, ProviderError, SpeechRecognizer, SpeechSynthesizer};
+
+pub use openai_api::{OpenAiApi, Timeouts};
+pub use openai_llm::OpenAiChat;
+pub use openai_stt::OpenAiTranscription;
+pub use openai_tts::OpenAiSpeech;
+
+use crate::config::ProviderSettings;
+
+/// The provider names [`Providers`] knows.
+pub const PROVIDER_NAMES: &[&str] = &["openai"];
+
+/// The configured providers, built once from the settings and shared.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Providers {
+    /// The OpenAI adapters, or why they cannot be used.
+    openai: Result<OpenAiAdapters, ProviderError>,
+}
+
+#[derive(Clone)]
+struct OpenAiAdapters {
+    chat: Arc<OpenAiChat>,
+    speech: Arc<OpenAiSpeech>,
+    transcription: Arc<OpenAiTranscription>,
+}
+
+impl std::fmt::Debug for Providers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Providers")
+            .field("openai", &self.openai.as_ref().map(|_| "configured"))
+            .finish()
+    }
+}
+
+impl Providers {
+    /// Builds every provider the settings allow. A provider that is not
+    /// configured (no key for OpenAI's own API) is remembered as
+    /// unavailable: asking for it fails with the reason, and the server
+    /// still starts.
+    pub fn from_settings(settings: &ProviderSettings) -> Self {
+        let openai = OpenAiApi::new(settings).map(|api| OpenAiAdapters {
+            chat: Arc::new(OpenAiChat::new(api.clone())),
+            speech: Arc::new(OpenAiSpeech::new(api.clone(), settings.tts_model.clone())),
+            transcription: Arc::new(OpenAiTranscription::new(api, settings.stt_model.clone())),
+        });
+        if let Err(err) = &openai {
+            tracing::info!(%err, "provider not configured");
+        }
+        Self { openai }
+    }
+
+    /// The language model of provider `name` (e.g. `openai`).
+    pub fn language_model(&self, name: &str) -> Result<Arc<dyn LanguageModel>, ProviderError> {
+        match name {
+            "openai" => self
+                .openai()
+                .map(|a| a.chat.clone() as Arc<dyn LanguageModel>),
+            _ => Err(unknown(name)),
+        }
+    }
+
+    /// The speech synthesizer of provider `name`.
+    pub fn speech_synthesizer(
+        &self,
+        name: &str,
+    ) -> Result<Arc<dyn SpeechSynthesizer>, ProviderError> {
+        match name {
+            "openai" => self
+                .openai()
+                .map(|a| a.speech.clone() as Arc<dyn SpeechSynthesizer>),
+            _ => Err(unknown(name)),
+        }
+    }
+
+    /// The speech recognizer of provider `name`.
+    pub fn speech_recognizer(
+        &self,
+        name: &str,
+    ) -> Result<Arc<dyn SpeechRecognizer>, ProviderError> {
+        match name {
+            "openai" => self
+                .openai()
+                .map(|a| a.transcription.clone() as Arc<dyn SpeechRecognizer>),
+            _ => Err(unknown(name)),
+        }
+    }
+
+    fn openai(&self) -> Result<&OpenAiAdapters, ProviderError> {
+        self.openai.as_ref().map_err(Clone::clone)
+    }
+}
+
+fn unknown(name: &str) -> ProviderError {
+    ProviderError::Unavailable {
+        provider: "providers",
+        message: format!(
+            "no provider named `{name}`; known: {}",
+            PROVIDER_NAMES.join(", ")
+        ),
+    }
+}
