@@ -134,7 +134,9 @@ struct VerifiedKey {
 
 impl std::fmt::Debug for VerifiedKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VerifiedKeys").field("ttl", &self.ttl).finish_non_exhaustive()
+        f.debug_struct("VerifiedKeys")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
     }
 }
 
@@ -145,12 +147,18 @@ fn digest(secret: &str) -> [u8; 32] {
 
 impl VerifiedKeys {
     pub fn new(ttl: std::time::Duration, capacity: usize) -> Self {
-        Self { entries: Default::default(), ttl, capacity: capacity.max(1) }
+        Self {
+            entries: Default::default(),
+            ttl,
+            capacity: capacity.max(1),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, VerifiedKey>> {
         // A panic while holding this lock cannot leave the map inconsistent.
-        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The key and organization of `presented`, if it was verified within
@@ -170,8 +178,12 @@ impl VerifiedKeys {
                 entries.clear();
             }
         }
-        let entry =
-            VerifiedKey { digest: digest(presented), key, org, verified_at: std::time::Instant::now() };
+        let entry = VerifiedKey {
+            digest: digest(presented),
+            key,
+            org,
+            verified_at: std::time::Instant::now(),
+        };
         entries.insert(prefix.to_owned(), entry);
     }
 
@@ -407,9 +419,16 @@ mod tests {
         let cache = VerifiedKeys::new(std::time::Duration::from_secs(60), 2);
         let key = generate_api_key();
         cache.remember(&key.prefix, key.secret.expose(), ApiKeyId(1), OrgId(7));
-        assert_eq!(cache.get(&key.prefix, key.secret.expose()), Some((ApiKeyId(1), OrgId(7))));
+        assert_eq!(
+            cache.get(&key.prefix, key.secret.expose()),
+            Some((ApiKeyId(1), OrgId(7)))
+        );
         let forged = format!("{}{}", &key.secret.expose()[..12], "0".repeat(31));
-        assert_eq!(cache.get(&key.prefix, &forged), None, "same prefix, other key");
+        assert_eq!(
+            cache.get(&key.prefix, &forged),
+            None,
+            "same prefix, other key"
+        );
         cache.forget(&key.prefix);
         assert_eq!(cache.get(&key.prefix, key.secret.expose()), None);
 

@@ -177,15 +177,15 @@ impl Db {
                     Some(url) => url.trim_start_matches("sqlite://").to_owned(),
                     None => settings.sqlite_path.to_string_lossy().into_owned(),
                 };
-                if let Some(dir) = std::path::Path::new(&path).parent() {
-                    if !dir.as_os_str().is_empty() {
-                        std::fs::create_dir_all(dir).map_err(|e| {
-                            StoreError::Unavailable(format!(
-                                "cannot create folder {} for the SQLite database: {e}",
-                                dir.display()
-                            ))
-                        })?;
-                    }
+                if let Some(dir) = std::path::Path::new(&path).parent()
+                    && !dir.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        StoreError::Unavailable(format!(
+                            "cannot create folder {} for the SQLite database: {e}",
+                            dir.display()
+                        ))
+                    })?;
                 }
                 enable_wal(&path)?;
                 let pool = Pool::builder()
@@ -300,10 +300,10 @@ fn redact_url_error(message: &str) -> String {
     message
         .split_whitespace()
         .map(|word| {
-            if let Some(at) = word.find('@') {
-                if let Some(scheme) = word.find("://") {
-                    return format!("{}://***{}", &word[..scheme], &word[at..]);
-                }
+            if let Some(at) = word.find('@')
+                && let Some(scheme) = word.find("://")
+            {
+                return format!("{}://***{}", &word[..scheme], &word[at..]);
             }
             word.to_owned()
         })

@@ -33,3 +33,4 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod voice;

@@ -72,6 +72,7 @@ pub async fn prepare(settings: Settings) -> Result<web::Data<AppState>, StartErr
         tokens,
         redis,
         metrics: telemetry::metrics_handle(),
+        live: Default::default(),
     }))
 }
 

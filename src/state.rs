@@ -12,6 +12,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::auth::{TokenSigner, VerifiedKeys};
 use crate::config::{LimitSettings, Settings};
 use crate::db::Db;
+use palaver_actors::conversation::EndReason;
+use palaver_actors::session::{Hangup, SessionActor};
+
 use crate::ids::{ApiKeyId, SessionId, UserId};
 
 #[derive(Debug)]
@@ -24,6 +27,46 @@ pub struct AppState {
     pub limits: RateLimits,
     pub redis: Option<deadpool_redis::Pool>,
     pub metrics: PrometheusHandle,
+    /// Sessions with a caller connected to this node.
+    pub live: LiveSessions,
+}
+
+/// The session actors running on this node, by session id.
+#[derive(Debug, Default)]
+pub struct LiveSessions {
+    actors: std::sync::Mutex<std::collections::HashMap<SessionId, actix::Addr<SessionActor>>>,
+}
+
+impl LiveSessions {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<SessionId, actix::Addr<SessionActor>>>
+    {
+        self.actors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn insert(&self, id: SessionId, actor: actix::Addr<SessionActor>) {
+        self.lock().insert(id, actor);
+        ::metrics::gauge!("palaver_sessions_live").set(self.lock().len() as f64);
+    }
+
+    pub fn remove(&self, id: SessionId) {
+        self.lock().remove(&id);
+        ::metrics::gauge!("palaver_sessions_live").set(self.lock().len() as f64);
+    }
+
+    /// Hangs up a live session; false when it is not live on this node.
+    pub fn hang_up(&self, id: SessionId, reason: EndReason) -> bool {
+        match self.lock().get(&id) {
+            Some(actor) => {
+                actor.do_send(Hangup(reason));
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Who a request is counted against.

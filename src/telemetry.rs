@@ -86,6 +86,10 @@ fn describe() {
         "Voice sessions with a caller connected"
     );
     metrics::describe_gauge!(
+        "palaver_sessions_live",
+        "Session actors running on this node"
+    );
+    metrics::describe_gauge!(
         "palaver_db_pool_connections",
         "Database pool connections by state"
     );

@@ -1395,6 +1395,8 @@ async fn openapi_documents_every_served_route_and_only_served_routes() {
         ("POST", "/v1/auth/signup"),
         ("POST", "/v1/auth/login"),
         ("POST", "/v1/auth/refresh"),
+        // Authenticated, but a WebSocket upgrade: covered by tests/voice_ws.rs.
+        ("GET", "/v1/sessions/{id}/ws"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_owned(), p.to_owned()))

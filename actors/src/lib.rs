@@ -4,6 +4,8 @@
 //!
 //! - [`conversation`]: the sans-IO conversation state machine of one voice
 //!   session: turn taking, barge-in, `heard_text`, per-turn latencies.
+//! - [`session`]: `SessionActor`, one voice session: the conversation wired
+//!   to provider streams, the paced audio sender, storage and the client.
 //! - [`ports`]: the provider traits (speech to text, language model, text to
 //!   speech) a session calls; adapters live in the server crate.
 //!
@@ -15,5 +17,6 @@
 
 pub mod conversation;
 pub mod ports;
+pub mod session;
 
 pub use palaver_media as media;

@@ -93,7 +93,7 @@ impl Caller {
         }
     }
 
-    fn rate_key(&self) -> RateKey {
+    pub(crate) fn rate_key(&self) -> RateKey {
         match self.kind {
             CallerKind::ApiKey(id) => RateKey::ApiKey(id),
             CallerKind::User { id, .. } => RateKey::User(id),
@@ -129,12 +129,15 @@ fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
     Ok(token.trim().to_owned())
 }
 
-async fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+pub(crate) async fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiError> {
     if token.starts_with(API_KEY_PREFIX) {
         let invalid = || ApiError::unauthorized("invalid or revoked API key");
         let prefix = auth::api_key_prefix(token).ok_or_else(invalid)?.to_owned();
         if let Some((key, org)) = state.verified_keys.get(&prefix, token) {
-            return Ok(Caller { org, kind: CallerKind::ApiKey(key) });
+            return Ok(Caller {
+                org,
+                kind: CallerKind::ApiKey(key),
+            });
         }
         let lookup = prefix.clone();
         let key = state
@@ -150,13 +153,24 @@ async fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiError>
         if !matches {
             return Err(invalid());
         }
-        state.verified_keys.remember(&prefix, token, key.id, key.organization_id);
+        state
+            .verified_keys
+            .remember(&prefix, token, key.id, key.organization_id);
         let now = store::now();
-        if key.last_used_at.is_none_or(|at| now - at > KEY_TOUCH_INTERVAL) {
+        if key
+            .last_used_at
+            .is_none_or(|at| now - at > KEY_TOUCH_INTERVAL)
+        {
             let id = key.id;
-            state.db.run(move |c| store::api_keys::touch(c, id, now)).await?;
+            state
+                .db
+                .run(move |c| store::api_keys::touch(c, id, now))
+                .await?;
         }
-        return Ok(Caller { org: key.organization_id, kind: CallerKind::ApiKey(key.id) });
+        return Ok(Caller {
+            org: key.organization_id,
+            kind: CallerKind::ApiKey(key.id),
+        });
     }
     let claims = state.tokens.verify(token).map_err(|err| match err {
         TokenError::Expired => ApiError::Unauthorized {
@@ -204,6 +218,19 @@ pub async fn authenticate_request(
         req.extensions_mut().insert(Authenticated(outcome));
     }
     next.call(req).await
+}
+
+impl Caller {
+    /// The outcome the authentication middleware left for this request.
+    pub fn from_request_sync(req: &HttpRequest) -> Result<Caller, ApiError> {
+        match req.extensions_mut().remove::<Authenticated>() {
+            Some(Authenticated(outcome)) => outcome,
+            None if !req.headers().contains_key(header::AUTHORIZATION) => Err(missing_credential()),
+            None => Err(ApiError::Internal(
+                "authentication middleware is not installed on this route".into(),
+            )),
+        }
+    }
 }
 
 impl FromRequest for Caller {

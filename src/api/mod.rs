@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod ops;
 pub mod orgs;
+pub mod session_ws;
 pub mod sessions;
 pub mod users;
 
@@ -201,6 +202,7 @@ pub fn configure(cfg: &mut ServiceConfig<'_>) {
                 .configure(api_keys::configure)
                 .configure(orgs::configure)
                 .configure(assistants::configure)
-                .configure(sessions::configure),
+                .configure(sessions::configure)
+                .configure(session_ws::configure),
         );
 }

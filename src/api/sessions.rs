@@ -193,7 +193,7 @@ async fn list_sessions(
 }
 
 /// Loads a session the caller may see, or 404.
-async fn visible_session(
+pub(crate) async fn visible_session(
     state: &AppState,
     caller: &Caller,
     id: SessionId,
@@ -248,7 +248,10 @@ async fn end_session(
         .run(move |c| store::sessions::end(c, org, id, SessionStatus::Ended, "ended-by-api"))
         .await
         .map_err(not_found("session", id))?;
-    tracing::info!(session = %id, org = %org, reason = "ended-by-api", "session ended");
+    let hung_up = state
+        .live
+        .hang_up(id, palaver_actors::conversation::EndReason::EndedByApi);
+    tracing::info!(session = %id, org = %org, reason = "ended-by-api", live = hung_up, "session ended");
     Ok(web::Json(row.into()))
 }
 

@@ -322,10 +322,10 @@ pub(crate) fn error_message(value: &serde_json::Value) -> Option<String> {
 /// The message of an error body: JSON as [`error_message`] reads it, else
 /// the text itself.
 fn error_message_in_body(body: &[u8]) -> Option<String> {
-    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
-        if let Some(message) = error_message(&value) {
-            return Some(message);
-        }
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body)
+        && let Some(message) = error_message(&value)
+    {
+        return Some(message);
     }
     let text = String::from_utf8_lossy(body);
     let text = text.trim();

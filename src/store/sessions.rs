@@ -181,3 +181,38 @@ pub fn count_active(conn: &mut Conn<'_>) -> Result<i64, StoreError> {
     })
     .map_err(Into::into)
 }
+
+/// Marks a `created` session `active` as a caller connects. A session that
+/// is already active or ended is [`StoreError::InvalidState`].
+pub fn activate(
+    conn: &mut Conn<'_>,
+    org: OrgId,
+    id: SessionId,
+    transport: Transport,
+) -> Result<Session, StoreError> {
+    let now = super::now();
+    with_conn!(conn, |c| {
+        c.write_transaction(|c| {
+            let current: Session = sessions::table
+                .filter(sessions::organization_id.eq(org))
+                .filter(sessions::id.eq(id))
+                .select(Session::as_select())
+                .first(c)?;
+            if current.status != SessionStatus::Created {
+                return Err(StoreError::InvalidState(format!(
+                    "session {id} is {}; a session can be joined once",
+                    current.status
+                )));
+            }
+            diesel::update(sessions::table.find(id))
+                .set((
+                    sessions::status.eq(SessionStatus::Active),
+                    sessions::started_at.eq(now),
+                    sessions::transport.eq(transport),
+                ))
+                .returning(Session::as_returning())
+                .get_result(c)
+                .map_err(StoreError::from)
+        })
+    })
+}

@@ -1,0 +1,573 @@
+//! `SessionActor`: one voice session. It owns a [`Conversation`] and wires
+//! it to the world: client messages in, provider streams (LLM, TTS) out and
+//! back, assistant audio paced one 20 ms frame per tick, transcript rows
+//! stored as each turn happens, timers from the conversation's deadlines.
+//!
+//! It knows no HTTP, SQL or socket: the transport hands it client input and
+//! drains [`ToClient`] from a bounded channel; storage is the
+//! [`SessionStore`] port.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures_util::StreamExt;
+use palaver_media::AudioFrame;
+use palaver_media::pacer::{Pacer, PacerConfig};
+use palaver_media::resample::StreamResampler;
+
+use crate::conversation::{
+    ChunkId, Conversation, ConversationConfig, EndReason, Event, Input, Millis, Output,
+    StoredMessage, TurnId,
+};
+use crate::ports::{LanguageModel, LlmRequest, ProviderError, SpeechSynthesizer, TtsRequest};
+
+/// A boxed future, the return type of the storage port.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What a session persists. Failures are logged, never fatal to the call.
+pub trait SessionStore: Send + Sync + 'static {
+    /// Appends one transcript message.
+    fn save_message(&self, message: StoredMessage) -> BoxFuture<Result<(), String>>;
+    /// Marks the session ended with its reason.
+    fn session_ended(&self, reason: EndReason) -> BoxFuture<Result<(), String>>;
+}
+
+/// What the transport sends to the client.
+#[derive(Debug, Clone, PartialEq)]
+// Frames travel by value through a bounded channel: boxing them would
+// allocate per frame on the audio path.
+#[allow(clippy::large_enum_variant)]
+pub enum ToClient {
+    Event(Event),
+    /// 20 ms of assistant audio, 16 kHz mono PCM16.
+    Audio(AudioFrame),
+}
+
+/// The language model of a session and its parameters.
+#[derive(Clone)]
+pub struct LlmSetup {
+    pub model: Arc<dyn LanguageModel>,
+    pub name: String,
+    pub temperature: f64,
+    pub max_tokens: u32,
+}
+
+impl std::fmt::Debug for LlmSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmSetup")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The voice of a session.
+#[derive(Clone)]
+pub struct TtsSetup {
+    pub synthesizer: Arc<dyn SpeechSynthesizer>,
+    pub voice_id: String,
+    pub settings: serde_json::Value,
+}
+
+impl std::fmt::Debug for TtsSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TtsSetup")
+            .field("voice_id", &self.voice_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything a session needs to start.
+pub struct SessionSetup {
+    pub conversation: ConversationConfig,
+    pub llm: LlmSetup,
+    /// `None` for a text-only session.
+    pub tts: Option<TtsSetup>,
+    pub store: Arc<dyn SessionStore>,
+    /// Bounded: a client that stops reading loses audio frames, not memory.
+    pub client: tokio::sync::mpsc::Sender<ToClient>,
+}
+
+impl std::fmt::Debug for SessionSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionSetup")
+            .field("conversation", &self.conversation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A typed caller turn.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct UserText(pub String);
+
+/// The caller or the API ends the session.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Hangup(pub EndReason);
+
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct LlmItem {
+    turn: TurnId,
+    /// `Ok(None)`: the reply is complete.
+    item: Result<Option<String>, ProviderError>,
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct TtsItem {
+    chunk: ChunkId,
+    /// `Ok(None)`: the chunk is complete.
+    item: Result<Option<crate::ports::TtsAudio>, ProviderError>,
+}
+
+/// A write for the session's writer task. One queue keeps the transcript in
+/// the order the turns happened, and the end after the last message.
+enum StoreJob {
+    Message(StoredMessage),
+    Ended(EndReason, tokio::sync::oneshot::Sender<()>),
+}
+
+/// Applies store jobs one after the other (transcript writes are a few per
+/// turn, so the queue stays short).
+fn spawn_writer(store: Arc<dyn SessionStore>) -> tokio::sync::mpsc::UnboundedSender<StoreJob> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<StoreJob>();
+    actix::spawn(async move {
+        while let Some(job) = rx.recv().await {
+            match job {
+                StoreJob::Message(message) => {
+                    if let Err(err) = store.save_message(message).await {
+                        tracing::error!(%err, "could not store a transcript message");
+                    }
+                }
+                StoreJob::Ended(reason, done) => {
+                    if let Err(err) = store.session_ended(reason).await {
+                        tracing::error!(%err, "could not mark the session ended");
+                    }
+                    let _ = done.send(());
+                }
+            }
+        }
+    });
+    tx
+}
+
+/// How often the pacer is polled.
+const TICK: Duration = Duration::from_millis(20);
+
+/// TTS audio being turned into 16 kHz frames as the pacer makes room.
+struct Speaking {
+    chunk: ChunkId,
+    resampler: StreamResampler<{ palaver_media::FRAME_SAMPLES }>,
+    /// Source samples not yet taken by the resampler.
+    pending: Vec<i16>,
+    taken: usize,
+    /// The provider finished this chunk.
+    complete: bool,
+}
+
+pub struct SessionActor {
+    conversation: Conversation,
+    started: Instant,
+    llm: LlmSetup,
+    tts: Option<TtsSetup>,
+    /// Transcript writes, applied in order by one writer task.
+    store: tokio::sync::mpsc::UnboundedSender<StoreJob>,
+    client: tokio::sync::mpsc::Sender<ToClient>,
+    llm_task: Option<(TurnId, SpawnHandle)>,
+    tts_task: Option<(ChunkId, SpawnHandle)>,
+    tts_queue: VecDeque<(ChunkId, String)>,
+    speaking: VecDeque<Speaking>,
+    pacer: Pacer<AudioFrame>,
+    timer: Option<SpawnHandle>,
+    ended: bool,
+}
+
+impl std::fmt::Debug for SessionActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionActor")
+            .field("phase", &self.conversation.phase())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionActor {
+    pub fn new(setup: SessionSetup) -> Self {
+        let mut conversation_config = setup.conversation;
+        conversation_config.speak = setup.tts.is_some();
+        Self {
+            conversation: Conversation::new(conversation_config),
+            started: Instant::now(),
+            llm: setup.llm,
+            tts: setup.tts,
+            store: spawn_writer(setup.store),
+            client: setup.client,
+            llm_task: None,
+            tts_task: None,
+            tts_queue: VecDeque::new(),
+            speaking: VecDeque::new(),
+            pacer: Pacer::new(PacerConfig::default()),
+            timer: None,
+            ended: false,
+        }
+    }
+
+    fn now(&self) -> Millis {
+        self.started.elapsed().as_millis() as Millis
+    }
+
+    fn feed(&mut self, input: Input, ctx: &mut Context<Self>) {
+        let now = self.now();
+        self.conversation.handle_input(now, input);
+        self.drain(ctx);
+    }
+
+    fn send(&self, message: ToClient) {
+        if let Err(err) = self.client.try_send(message) {
+            match err {
+                tokio::sync::mpsc::error::TrySendError::Full(ToClient::Audio(_)) => {
+                    tracing::debug!("client is not reading; an audio frame was dropped");
+                }
+                tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                    tracing::warn!("client is not reading; an event was dropped");
+                }
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => {}
+            }
+        }
+    }
+
+    /// Acts on every output of the conversation, then re-arms its timer.
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        while let Some(output) = self.conversation.poll_output() {
+            match output {
+                Output::Event(event) => self.send(ToClient::Event(event)),
+                Output::StartLlm { turn, messages } => self.start_llm(turn, messages, ctx),
+                Output::CancelLlm { turn } => {
+                    if let Some((running, handle)) = self.llm_task.take() {
+                        if running == turn {
+                            ctx.cancel_future(handle);
+                        } else {
+                            self.llm_task = Some((running, handle));
+                        }
+                    }
+                }
+                Output::Synthesize { chunk, text } => {
+                    self.tts_queue.push_back((chunk, text));
+                    self.next_tts(ctx);
+                }
+                Output::CancelTts => {
+                    if let Some((_, handle)) = self.tts_task.take() {
+                        ctx.cancel_future(handle);
+                    }
+                    self.tts_queue.clear();
+                    self.speaking.clear();
+                }
+                Output::ClearAudio => {
+                    let dropped = self.pacer.clear();
+                    tracing::debug!(dropped, "barge-in: queued audio dropped");
+                }
+                Output::Store(message) => {
+                    if self.store.send(StoreJob::Message(message)).is_err() {
+                        tracing::error!("transcript writer is gone; a message was not stored");
+                    }
+                }
+                Output::End { reason } => self.finish(reason, ctx),
+            }
+        }
+        self.arm_timer(ctx);
+    }
+
+    fn arm_timer(&mut self, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.timer.take() {
+            ctx.cancel_future(handle);
+        }
+        let Some(at) = self.conversation.poll_timeout() else {
+            return;
+        };
+        let delay = Duration::from_millis(at.saturating_sub(self.now()));
+        self.timer = Some(ctx.run_later(delay, |actor, ctx| {
+            actor.timer = None;
+            let now = actor.now();
+            actor.conversation.handle_timeout(now);
+            actor.drain(ctx);
+        }));
+    }
+
+    fn start_llm(
+        &mut self,
+        turn: TurnId,
+        messages: Vec<crate::conversation::ChatMessage>,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Some((_, handle)) = self.llm_task.take() {
+            ctx.cancel_future(handle);
+        }
+        let request = LlmRequest {
+            model: self.llm.name.clone(),
+            messages,
+            temperature: self.llm.temperature,
+            max_tokens: self.llm.max_tokens,
+        };
+        let mut stream = self.llm.model.stream_reply(request);
+        let addr = ctx.address();
+        let handle = ctx.spawn(
+            async move {
+                while let Some(item) = stream.next().await {
+                    let failed = item.is_err();
+                    addr.do_send(LlmItem {
+                        turn,
+                        item: item.map(Some),
+                    });
+                    if failed {
+                        return;
+                    }
+                }
+                addr.do_send(LlmItem {
+                    turn,
+                    item: Ok(None),
+                });
+            }
+            .into_actor(self),
+        );
+        self.llm_task = Some((turn, handle));
+    }
+
+    /// Synthesises queued chunks one at a time, in order.
+    fn next_tts(&mut self, ctx: &mut Context<Self>) {
+        if self.tts_task.is_some() {
+            return;
+        }
+        let Some(tts) = self.tts.clone() else { return };
+        let Some((chunk, text)) = self.tts_queue.pop_front() else {
+            return;
+        };
+        let mut stream = tts.synthesizer.synthesize(TtsRequest {
+            text,
+            voice_id: tts.voice_id.clone(),
+            settings: tts.settings.clone(),
+        });
+        let addr = ctx.address();
+        let handle = ctx.spawn(
+            async move {
+                while let Some(item) = stream.next().await {
+                    let failed = item.is_err();
+                    addr.do_send(TtsItem {
+                        chunk,
+                        item: item.map(Some),
+                    });
+                    if failed {
+                        return;
+                    }
+                }
+                addr.do_send(TtsItem {
+                    chunk,
+                    item: Ok(None),
+                });
+            }
+            .into_actor(self),
+        );
+        self.tts_task = Some((chunk, handle));
+    }
+
+    /// Moves as much pending TTS audio into the pacer as it has room for.
+    fn fill_pacer(&mut self) {
+        while let Some(speaking) = self.speaking.front_mut() {
+            let room = self.pacer.free_slots();
+            if room == 0 {
+                return;
+            }
+            let pacer = &mut self.pacer;
+            let taken =
+                speaking
+                    .resampler
+                    .push(&speaking.pending[speaking.taken..], room, |frame| {
+                        // Room was checked; a full pacer drops the frame rather than
+                        // growing.
+                        let _ = pacer.push(AudioFrame { samples: *frame });
+                    });
+            speaking.taken += taken;
+            if speaking.taken < speaking.pending.len() {
+                return;
+            }
+            speaking.pending.clear();
+            speaking.taken = 0;
+            if !speaking.complete {
+                return;
+            }
+            if speaking.resampler.flush_frames() > self.pacer.free_slots() {
+                return;
+            }
+            let pacer = &mut self.pacer;
+            speaking.resampler.flush(|frame| {
+                let _ = pacer.push(AudioFrame { samples: *frame });
+            });
+            self.speaking.pop_front();
+        }
+    }
+
+    /// One pacer tick: send what is due, tell the conversation.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        self.fill_pacer();
+        let now = self.now();
+        let mut sent = false;
+        while let Some(paced) = self.pacer.poll(now) {
+            self.send(ToClient::Audio(paced.frame));
+            self.conversation.handle_input(
+                now,
+                Input::AudioSent {
+                    audio_ms: palaver_media::FRAME_MS,
+                },
+            );
+            sent = true;
+        }
+        if sent {
+            self.fill_pacer();
+            self.drain(ctx);
+        }
+    }
+
+    fn finish(&mut self, reason: EndReason, ctx: &mut Context<Self>) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        tracing::info!(reason = reason.as_str(), "session ended");
+        // Stop once every message and the end are stored, so the API never
+        // shows a live session whose actor is gone.
+        let (done, stored) = tokio::sync::oneshot::channel();
+        let _ = self.store.send(StoreJob::Ended(reason, done));
+        ctx.wait(
+            async move { drop(stored.await) }
+                .into_actor(self)
+                .map(|_, _, ctx: &mut Context<Self>| ctx.stop()),
+        );
+    }
+}
+
+impl Actor for SessionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(TICK, |actor, ctx| actor.tick(ctx));
+        self.drain(ctx);
+    }
+}
+
+impl Handler<UserText> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: UserText, ctx: &mut Context<Self>) {
+        self.feed(Input::UserText { text: msg.0 }, ctx);
+    }
+}
+
+impl Handler<Hangup> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Hangup, ctx: &mut Context<Self>) {
+        self.feed(Input::Hangup { reason: msg.0 }, ctx);
+    }
+}
+
+impl Handler<LlmItem> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: LlmItem, ctx: &mut Context<Self>) {
+        if self
+            .llm_task
+            .as_ref()
+            .is_some_and(|(turn, _)| *turn == msg.turn)
+            && !matches!(msg.item, Ok(Some(_)))
+        {
+            self.llm_task = None;
+        }
+        let input = match msg.item {
+            Ok(Some(text)) => Input::LlmToken {
+                turn: msg.turn,
+                text,
+            },
+            Ok(None) => Input::LlmDone { turn: msg.turn },
+            Err(err) => {
+                tracing::warn!(%err, "language model failed");
+                Input::LlmFailed {
+                    turn: msg.turn,
+                    message: err.to_string(),
+                }
+            }
+        };
+        self.feed(input, ctx);
+    }
+}
+
+impl Handler<TtsItem> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: TtsItem, ctx: &mut Context<Self>) {
+        // Audio of a cancelled chunk may still be in the mailbox.
+        if self
+            .tts_task
+            .as_ref()
+            .is_none_or(|(chunk, _)| *chunk != msg.chunk)
+        {
+            return;
+        }
+        match msg.item {
+            Ok(Some(audio)) => {
+                let audio_ms = audio.duration_ms();
+                let fresh = self.speaking.back().is_none_or(|s| s.chunk != msg.chunk);
+                if fresh {
+                    match StreamResampler::to_16k(audio.sample_rate) {
+                        Ok(resampler) => self.speaking.push_back(Speaking {
+                            chunk: msg.chunk,
+                            resampler,
+                            pending: Vec::new(),
+                            taken: 0,
+                            complete: false,
+                        }),
+                        Err(err) => {
+                            tracing::warn!(%err, "TTS audio at an unusable sample rate");
+                            return;
+                        }
+                    }
+                }
+                if let Some(speaking) = self.speaking.back_mut() {
+                    speaking.pending.extend_from_slice(&audio.samples);
+                }
+                self.fill_pacer();
+                self.feed(
+                    Input::TtsAudio {
+                        chunk: msg.chunk,
+                        audio_ms,
+                        words: audio.words,
+                    },
+                    ctx,
+                );
+            }
+            Ok(None) => {
+                self.tts_task = None;
+                if let Some(speaking) = self.speaking.iter_mut().find(|s| s.chunk == msg.chunk) {
+                    speaking.complete = true;
+                }
+                self.fill_pacer();
+                self.feed(Input::TtsDone { chunk: msg.chunk }, ctx);
+                self.next_tts(ctx);
+            }
+            Err(err) => {
+                self.tts_task = None;
+                tracing::warn!(%err, "text to speech failed");
+                self.feed(
+                    Input::TtsFailed {
+                        chunk: msg.chunk,
+                        message: err.to_string(),
+                    },
+                    ctx,
+                );
+                self.next_tts(ctx);
+            }
+        }
+    }
+}

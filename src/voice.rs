@@ -1,0 +1,162 @@
+//! Wires a stored session to a `SessionActor`: the conversation settings
+//! from its assistant, the providers it names, and the storage port over the
+//! database.
+
+use std::sync::Arc;
+
+use chrono::{NaiveDateTime, TimeDelta};
+use palaver_actors::conversation::{ChatRole, ConversationConfig, EndReason, StoredMessage};
+use palaver_actors::ports::ProviderError;
+use palaver_actors::session::{
+    BoxFuture, LlmSetup, SessionSetup, SessionStore, ToClient, TtsSetup,
+};
+
+use crate::config::Settings;
+use crate::db::{Db, StoreError};
+use crate::ids::{OrgId, SessionId};
+use crate::model::{MessageRole, SessionStatus};
+use crate::providers::Providers;
+use crate::store::assistants::AssistantSettings;
+use crate::store::messages::{NewMessage, TurnLatency};
+use crate::store::{self};
+
+/// Stores a session's transcript and end as they happen.
+#[derive(Debug, Clone)]
+pub struct DbSessionStore {
+    pub db: Db,
+    pub org: OrgId,
+    pub session: SessionId,
+    /// When the caller connected: message times are offsets from it.
+    pub connected_at: NaiveDateTime,
+}
+
+fn at(base: NaiveDateTime, ms: u64) -> NaiveDateTime {
+    base + TimeDelta::milliseconds(ms as i64)
+}
+
+impl SessionStore for DbSessionStore {
+    fn save_message(&self, message: StoredMessage) -> BoxFuture<Result<(), String>> {
+        let store = self.clone();
+        Box::pin(async move {
+            store
+                .db
+                .run(move |c| {
+                    let role = match message.role {
+                        ChatRole::System => MessageRole::System,
+                        ChatRole::User => MessageRole::User,
+                        ChatRole::Assistant => MessageRole::Assistant,
+                    };
+                    let ms = |v: Option<u32>| v.map(|v| v as i32);
+                    store::messages::append(
+                        c,
+                        store.session,
+                        &NewMessage {
+                            role,
+                            content: &message.content,
+                            heard_text: message.heard_text.as_deref(),
+                            interrupted: message.interrupted,
+                            started_at: at(store.connected_at, message.started_at),
+                            ended_at: Some(at(store.connected_at, message.ended_at)),
+                            latency: TurnLatency {
+                                transcript_latency_ms: ms(message.latency.transcript_ms),
+                                first_token_latency_ms: ms(message.latency.first_token_ms),
+                                first_audio_latency_ms: ms(message.latency.first_audio_ms),
+                                voice_to_voice_ms: ms(message.latency.voice_to_voice_ms),
+                            },
+                        },
+                    )
+                    .map(drop)
+                })
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn session_ended(&self, reason: EndReason) -> BoxFuture<Result<(), String>> {
+        let store = self.clone();
+        Box::pin(async move {
+            let ended = store
+                .db
+                .run(move |c| {
+                    store::sessions::end(
+                        c,
+                        store.org,
+                        store.session,
+                        SessionStatus::Ended,
+                        reason.as_str(),
+                    )
+                })
+                .await;
+            match ended {
+                // Already ended through the API: nothing to record.
+                Ok(_) | Err(StoreError::InvalidState(_)) => Ok(()),
+                Err(err) => Err(err.to_string()),
+            }
+        })
+    }
+}
+
+/// The conversation an assistant's settings describe.
+pub fn conversation_config(assistant: &AssistantSettings) -> ConversationConfig {
+    let ms = |v: i32| u64::try_from(v).unwrap_or(0);
+    ConversationConfig {
+        system_prompt: assistant.system_prompt.clone(),
+        first_message: assistant.first_message.clone(),
+        first_message_interruptible: assistant.first_message_interruptible,
+        interruptions_enabled: assistant.interruptions_enabled,
+        min_interruption_ms: ms(assistant.min_interruption_ms),
+        min_interruption_words: usize::try_from(assistant.min_interruption_words).unwrap_or(0),
+        end_of_turn_ms: ms(assistant.end_of_turn_ms),
+        idle_timeout_ms: ms(assistant.idle_timeout_s) * 1000,
+        max_duration_ms: ms(assistant.max_duration_s) * 1000,
+        ..ConversationConfig::default()
+    }
+}
+
+/// Everything a session needs, or why its language model cannot be used.
+/// A voice that cannot be used makes a text-only session and is reported in
+/// the second value, so the client can say why it hears nothing.
+pub fn session_setup(
+    settings: &Settings,
+    assistant: &AssistantSettings,
+    speak: bool,
+    store: Arc<dyn SessionStore>,
+    client: tokio::sync::mpsc::Sender<ToClient>,
+) -> Result<(SessionSetup, Option<ProviderError>), ProviderError> {
+    let mut provider_settings = settings.providers.clone();
+    if let Some(base_url) = &assistant.llm_base_url {
+        provider_settings.openai_base_url = base_url.clone();
+    }
+    let llm = Providers::from_settings(&provider_settings)
+        .language_model(assistant.llm_provider.as_str())?;
+    let voice = Providers::from_settings(&settings.providers);
+    let (tts, voice_problem) = if speak {
+        match voice.speech_synthesizer(assistant.tts_provider.as_str()) {
+            Ok(synthesizer) => (
+                Some(TtsSetup {
+                    synthesizer,
+                    voice_id: assistant.tts_voice_id.clone(),
+                    settings: serde_json::from_str(&assistant.tts_settings)
+                        .unwrap_or(serde_json::Value::Object(Default::default())),
+                }),
+                None,
+            ),
+            Err(err) => (None, Some(err)),
+        }
+    } else {
+        (None, None)
+    };
+    let setup = SessionSetup {
+        conversation: conversation_config(assistant),
+        llm: LlmSetup {
+            model: llm,
+            name: assistant.llm_model.clone(),
+            temperature: assistant.llm_temperature,
+            max_tokens: u32::try_from(assistant.llm_max_tokens).unwrap_or(256),
+        },
+        tts,
+        store,
+        client,
+    };
+    Ok((setup, voice_problem))
+}

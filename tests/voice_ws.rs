@@ -1,0 +1,536 @@
+//! Voice sessions over a real WebSocket, end to end: the server's real
+//! OpenAI adapters talk to a fake OpenAI-compatible server on 127.0.0.1:0
+//! (chat completions as SSE, speech as 24 kHz PCM), and a WebSocket client
+//! plays the caller.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use awc::ws::{Frame, Message};
+use common::TestServer;
+use futures_util::{SinkExt, StreamExt};
+use palaver::config::Secret;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// Audio the fake voice makes per character of text.
+const MS_PER_CHAR: usize = 40;
+
+#[derive(Default)]
+struct Fake {
+    /// Request bodies of chat completions, in order.
+    chats: Mutex<Vec<Value>>,
+    /// Replies to give, in order; the last one repeats.
+    replies: Mutex<Vec<Result<String, u16>>>,
+}
+
+async fn chat(fake: web::Data<Fake>, body: web::Json<Value>) -> HttpResponse {
+    let index = {
+        let mut chats = fake.chats.lock().unwrap();
+        chats.push(body.into_inner());
+        chats.len() - 1
+    };
+    let reply = {
+        let replies = fake.replies.lock().unwrap();
+        replies.get(index).or(replies.last()).cloned().unwrap()
+    };
+    match reply {
+        Err(status) => HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+            .json(json!({"error": {"message": "the fake model is down"}})),
+        Ok(text) => {
+            let mut sse = String::new();
+            for word in text.split_inclusive(' ') {
+                let chunk = json!({"choices": [{"index": 0, "delta": {"content": word}}]});
+                sse.push_str(&format!("data: {chunk}\n\n"));
+            }
+            sse.push_str(
+                "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+            );
+            sse.push_str("data: [DONE]\n\n");
+            HttpResponse::Ok()
+                .content_type("text/event-stream")
+                .body(sse)
+        }
+    }
+}
+
+async fn speech(body: web::Json<Value>) -> HttpResponse {
+    let text = body["input"].as_str().unwrap_or_default();
+    let samples = text.chars().count() * MS_PER_CHAR * 24; // 24 kHz
+    let mut pcm = Vec::with_capacity(samples * 2);
+    for i in 0..samples {
+        let s = ((i as f32 * 0.05).sin() * 8000.0) as i16;
+        pcm.extend_from_slice(&s.to_le_bytes());
+    }
+    HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .body(pcm)
+}
+
+async fn start_fake(replies: Vec<Result<String, u16>>) -> (String, Arc<web::Data<Fake>>) {
+    let fake = web::Data::new(Fake {
+        replies: Mutex::new(replies),
+        ..Fake::default()
+    });
+    let data = fake.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/v1/chat/completions", web::post().to(chat))
+            .route("/v1/audio/speech", web::post().to(speech))
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let addr = server.addrs()[0];
+    actix_web::rt::spawn(server.run());
+    (format!("http://{addr}/v1"), Arc::new(fake))
+}
+
+struct Call {
+    server: TestServer,
+    fake: Arc<web::Data<Fake>>,
+    key: String,
+    session: i64,
+    token: String,
+}
+
+async fn call(replies: Vec<Result<String, u16>>, assistant: Value) -> Call {
+    let (fake_url, fake) = start_fake(replies).await;
+    let server = TestServer::start_with(|s| {
+        s.providers.openai_base_url = fake_url.clone();
+        s.providers.openai_api_key = Some(Secret::new("sk-test"));
+    })
+    .await;
+    let tenant = server.tenant("acme").await;
+    let mut body = json!({
+        "name": "Front desk",
+        "llm": {"provider": "openai", "model": "fake-1"},
+        "tts": {"provider": "openai", "voice_id": "alloy"},
+    });
+    body.as_object_mut()
+        .unwrap()
+        .extend(assistant.as_object().unwrap().clone());
+    let (status, created) = server.post("/v1/assistants", &tenant.key, body).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let (session, token) = server
+        .session(&tenant.key, created["id"].as_i64().unwrap())
+        .await;
+    Call {
+        server,
+        fake,
+        key: tenant.key,
+        session,
+        token,
+    }
+}
+
+type Socket = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
+
+async fn connect(call: &Call, query: &str) -> Socket {
+    let url = format!(
+        "ws://{}/v1/sessions/{}/ws?token={}{query}",
+        call.server.addr, call.session, call.token
+    );
+    let (_, socket) = awc::Client::new()
+        .ws(url)
+        .connect()
+        .await
+        .expect("websocket connects");
+    socket
+}
+
+/// What the client saw: JSON events in order, and binary frames counted at
+/// the position they arrived.
+#[derive(Debug, Default)]
+struct Seen {
+    events: Vec<Value>,
+    audio_frames: usize,
+    /// Audio frames received before each event.
+    frames_before: Vec<usize>,
+}
+
+impl Seen {
+    fn types(&self) -> Vec<&str> {
+        self.events
+            .iter()
+            .map(|e| e["type"].as_str().unwrap())
+            .collect()
+    }
+
+    fn first(&self, kind: &str) -> Option<&Value> {
+        self.events.iter().find(|e| e["type"] == kind)
+    }
+
+    fn frames_before(&self, kind: &str) -> usize {
+        let i = self.events.iter().position(|e| e["type"] == kind).unwrap();
+        self.frames_before[i]
+    }
+}
+
+/// Reads until an event of type `until` (or the socket closes).
+async fn read_until(socket: &mut Socket, seen: &mut Seen, until: &str) {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(20), socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("no `{until}` within 20 s; saw {:?}", seen.types()));
+        match frame {
+            Some(Ok(Frame::Text(bytes))) => {
+                let event: Value = serde_json::from_slice(&bytes).unwrap();
+                let done = event["type"] == until;
+                seen.events.push(event);
+                seen.frames_before.push(seen.audio_frames);
+                if done {
+                    return;
+                }
+            }
+            Some(Ok(Frame::Binary(bytes))) => {
+                assert_eq!(bytes.len(), 640, "20 ms of 16 kHz PCM16");
+                seen.audio_frames += 1;
+            }
+            Some(Ok(Frame::Close(_))) | None => {
+                panic!("closed before `{until}`; saw {:?}", seen.types())
+            }
+            Some(Ok(_)) => {}
+            Some(Err(err)) => panic!("websocket error: {err}"),
+        }
+    }
+}
+
+async fn say(socket: &mut Socket, text: &str) {
+    let message = json!({"type": "user-message", "text": text}).to_string();
+    socket.send(Message::Text(message.into())).await.unwrap();
+}
+
+async fn messages(call: &Call) -> Vec<Value> {
+    let (status, body) = call
+        .server
+        .get(
+            &format!("/v1/sessions/{}/messages?limit=100", call.session),
+            &call.key,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["data"].as_array().unwrap().clone()
+}
+
+/// Stored messages are written by the actor as the turn happens; wait for
+/// `n` of them (bounded).
+async fn wait_messages(call: &Call, n: usize) -> Vec<Value> {
+    for _ in 0..200 {
+        let stored = messages(call).await;
+        if stored.len() >= n {
+            return stored;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("fewer than {n} stored messages: {:?}", messages(call).await);
+}
+
+#[actix_web::test]
+async fn a_typed_turn_streams_text_and_paced_audio_and_is_stored() {
+    let reply = "Hi there. How can I help you today?";
+    let call = call(
+        vec![Ok(reply.into())],
+        json!({"system_prompt": "Be brief."}),
+    )
+    .await;
+    let mut socket = connect(&call, "").await;
+    let mut seen = Seen::default();
+    read_until(&mut socket, &mut seen, "session.started").await;
+    assert_eq!(seen.events[0]["type"], "connected");
+    assert_eq!(seen.events[0]["session_id"], call.session);
+
+    say(&mut socket, "Hello").await;
+    read_until(&mut socket, &mut seen, "turn.metrics").await;
+    assert_eq!(seen.first("transcript.final").unwrap()["text"], "Hello");
+    let deltas: String = seen
+        .events
+        .iter()
+        .filter(|e| e["type"] == "assistant.delta")
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, reply);
+    assert_eq!(seen.first("assistant.done").unwrap()["text"], reply);
+    assert_eq!(seen.first("assistant-message").unwrap()["text"], reply);
+    // All of the reply's audio went out, paced, before it was done.
+    let expected_ms = reply
+        .split(". ")
+        .map(|s| s.chars().count() + 1)
+        .sum::<usize>()
+        * MS_PER_CHAR;
+    assert!(seen.frames_before("assistant.speaking") <= 1);
+    let frames = seen.frames_before("assistant.done");
+    assert!(
+        frames * 20 >= expected_ms - 2 * 20,
+        "{frames} frames for ~{expected_ms} ms of speech"
+    );
+    let metrics = seen.first("turn.metrics").unwrap();
+    assert!(
+        metrics["first_token_ms"].is_u64() && metrics["voice_to_voice_ms"].is_u64(),
+        "{metrics}"
+    );
+
+    // The model saw the system prompt and the caller's words.
+    let request = call.fake.chats.lock().unwrap()[0].clone();
+    assert_eq!(
+        request["messages"][0],
+        json!({"role": "system", "content": "Be brief."})
+    );
+    assert_eq!(
+        request["messages"][1],
+        json!({"role": "user", "content": "Hello"})
+    );
+    assert_eq!(request["stream"], true);
+
+    let stored = wait_messages(&call, 2).await;
+    assert_eq!(
+        (stored[0]["role"].as_str(), stored[0]["content"].as_str()),
+        (Some("user"), Some("Hello"))
+    );
+    assert_eq!(stored[1]["role"], "assistant");
+    assert_eq!(stored[1]["content"], reply);
+    assert_eq!(stored[1]["interrupted"], false);
+    assert!(stored[1]["latency"]["voice_to_voice_ms"].is_i64());
+
+    let (_, session) = call
+        .server
+        .get(&format!("/v1/sessions/{}", call.session), &call.key)
+        .await;
+    assert_eq!(session["status"], "active");
+    assert_eq!(session["transport"], "websocket");
+
+    socket
+        .send(Message::Text(
+            json!({"type": "end-session"}).to_string().into(),
+        ))
+        .await
+        .unwrap();
+    read_until(&mut socket, &mut seen, "session-ended").await;
+    assert_eq!(
+        seen.first("session.ended").unwrap()["reason"],
+        "end-session"
+    );
+    for _ in 0..200 {
+        let (_, session) = call
+            .server
+            .get(&format!("/v1/sessions/{}", call.session), &call.key)
+            .await;
+        if session["status"] == "ended" {
+            assert_eq!(session["end_reason"], "end-session");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the session was never marked ended");
+}
+
+#[actix_web::test]
+async fn a_typed_barge_in_stops_the_audio_and_stores_what_was_heard() {
+    let long = "one two three four five six seven eight nine ten eleven twelve thirteen \
+                fourteen fifteen sixteen seventeen eighteen nineteen twenty";
+    let call = call(vec![Ok(long.into()), Ok("Okay.".into())], json!({})).await;
+    let mut socket = connect(&call, "").await;
+    let mut seen = Seen::default();
+    read_until(&mut socket, &mut seen, "session.started").await;
+    say(&mut socket, "Count to twenty").await;
+    read_until(&mut socket, &mut seen, "assistant.speaking").await;
+    // Let about half a second of the reply play, then cut in.
+    while seen.audio_frames < 25 {
+        match socket.next().await {
+            Some(Ok(Frame::Binary(_))) => seen.audio_frames += 1,
+            Some(Ok(Frame::Text(bytes))) => {
+                seen.events.push(serde_json::from_slice(&bytes).unwrap());
+                seen.frames_before.push(seen.audio_frames);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    say(&mut socket, "Stop").await;
+    read_until(&mut socket, &mut seen, "assistant.interrupted").await;
+    let heard = seen.first("assistant.interrupted").unwrap()["heard_text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !heard.is_empty() && long.starts_with(&heard) && heard.len() < long.len(),
+        "heard {heard:?}"
+    );
+    let full_frames = long.chars().count() * MS_PER_CHAR / 20;
+    assert!(
+        seen.frames_before("assistant.interrupted") < full_frames / 2,
+        "audio stopped at the interruption: {} of {full_frames} frames",
+        seen.frames_before("assistant.interrupted")
+    );
+    read_until(&mut socket, &mut seen, "assistant.done").await;
+    assert_eq!(seen.events.last().unwrap()["text"], "Okay.");
+
+    let stored = wait_messages(&call, 4).await;
+    let cut = &stored[1];
+    assert_eq!(cut["role"], "assistant");
+    assert_eq!(cut["interrupted"], true);
+    assert_eq!(cut["content"], long);
+    assert_eq!(cut["heard_text"], heard.as_str());
+    assert_eq!(stored[2]["content"], "Stop");
+    // The second request carries only what the caller heard.
+    let second = call.fake.chats.lock().unwrap()[1].clone();
+    let assistant_turns: Vec<&Value> = second["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .collect();
+    assert_eq!(assistant_turns.len(), 1);
+    assert_eq!(assistant_turns[0]["content"], heard.as_str());
+}
+
+#[actix_web::test]
+async fn a_text_only_session_gets_replies_without_audio() {
+    let call = call(
+        vec![Ok("Sure thing.".into())],
+        json!({"first_message": "Welcome!"}),
+    )
+    .await;
+    let mut socket = connect(&call, "&audio=false").await;
+    let mut seen = Seen::default();
+    read_until(&mut socket, &mut seen, "assistant-message").await;
+    assert_eq!(seen.events.last().unwrap()["text"], "Welcome!");
+    say(&mut socket, "Book a room").await;
+    read_until(&mut socket, &mut seen, "assistant-message").await;
+    assert_eq!(seen.events.last().unwrap()["text"], "Sure thing.");
+    assert_eq!(seen.audio_frames, 0);
+    let stored = wait_messages(&call, 3).await;
+    assert_eq!(stored[0]["content"], "Welcome!");
+    assert_eq!(stored[2]["content"], "Sure thing.");
+    assert_eq!(stored[2]["heard_text"], Value::Null);
+}
+
+#[actix_web::test]
+async fn bad_client_frames_get_error_events_and_the_session_goes_on() {
+    let call = call(vec![Ok("Fine.".into())], json!({})).await;
+    let mut socket = connect(&call, "&audio=false").await;
+    let mut seen = Seen::default();
+    read_until(&mut socket, &mut seen, "session.started").await;
+    socket
+        .send(Message::Text("{not json".into()))
+        .await
+        .unwrap();
+    read_until(&mut socket, &mut seen, "error").await;
+    assert_eq!(seen.events.last().unwrap()["code"], "invalid_message");
+    socket
+        .send(Message::Binary(vec![0u8; 100].into()))
+        .await
+        .unwrap();
+    seen.events.clear();
+    seen.frames_before.clear();
+    read_until(&mut socket, &mut seen, "error").await;
+    assert_eq!(seen.events.last().unwrap()["code"], "wrong_frame_size");
+    say(&mut socket, "Still there?").await;
+    read_until(&mut socket, &mut seen, "assistant-message").await;
+    assert_eq!(seen.events.last().unwrap()["text"], "Fine.");
+}
+
+#[actix_web::test]
+async fn a_failing_model_gets_an_apology_and_the_session_goes_on() {
+    let call = call(
+        vec![Err(500), Err(500), Ok("Back again.".into())],
+        json!({}),
+    )
+    .await;
+    let mut socket = connect(&call, "").await;
+    let mut seen = Seen::default();
+    read_until(&mut socket, &mut seen, "session.started").await;
+    say(&mut socket, "Hello?").await;
+    read_until(&mut socket, &mut seen, "assistant.done").await;
+    let error = seen.first("error").expect("an error event says why");
+    assert_eq!(error["code"], "llm_failed");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("the fake model is down"),
+        "{error}"
+    );
+    assert!(
+        seen.events.last().unwrap()["text"]
+            .as_str()
+            .unwrap()
+            .contains("Sorry")
+    );
+    assert!(
+        seen.frames_before("assistant.done") > 0,
+        "the apology is spoken"
+    );
+    say(&mut socket, "Hello again").await;
+    seen.events.clear();
+    seen.frames_before.clear();
+    read_until(&mut socket, &mut seen, "assistant.done").await;
+    assert_eq!(seen.events.last().unwrap()["text"], "Back again.");
+    let stored = wait_messages(&call, 4).await;
+    assert_eq!(
+        stored[0]["content"], "Hello?",
+        "the caller's turn was stored before the failure"
+    );
+}
+
+#[actix_web::test]
+async fn a_session_is_joined_once_and_needs_its_own_token() {
+    let call = call(vec![Ok("Hi.".into())], json!({})).await;
+    let mut socket = connect(&call, "&audio=false").await;
+    let mut seen = Seen::default();
+    read_until(&mut socket, &mut seen, "session.started").await;
+    let second = awc::Client::new()
+        .ws(format!(
+            "ws://{}/v1/sessions/{}/ws?token={}",
+            call.server.addr, call.session, call.token
+        ))
+        .connect()
+        .await;
+    match second {
+        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+            assert_eq!(status.as_u16(), 409)
+        }
+        other => panic!("expected 409, got {:?}", other.map(|(r, _)| r.status())),
+    }
+    let no_token = awc::Client::new()
+        .ws(format!(
+            "ws://{}/v1/sessions/{}/ws",
+            call.server.addr, call.session
+        ))
+        .connect()
+        .await;
+    assert!(
+        matches!(no_token, Err(awc::error::WsClientError::InvalidResponseStatus(s)) if s.as_u16() == 401)
+    );
+}
+
+#[actix_web::test]
+async fn ending_a_live_session_through_the_api_hangs_up_the_call() {
+    let call = call(vec![Ok("Hi.".into())], json!({})).await;
+    let mut socket = connect(&call, "&audio=false").await;
+    let mut seen = Seen::default();
+    read_until(&mut socket, &mut seen, "session.started").await;
+    let (status, body) = call
+        .server
+        .post(
+            &format!("/v1/sessions/{}/end", call.session),
+            &call.key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    read_until(&mut socket, &mut seen, "session-ended").await;
+    assert_eq!(
+        seen.first("session.ended").unwrap()["reason"],
+        "ended-by-api"
+    );
+    let (_, session) = call
+        .server
+        .get(&format!("/v1/sessions/{}", call.session), &call.key)
+        .await;
+    assert_eq!(session["end_reason"], "ended-by-api");
+}
