@@ -96,6 +96,39 @@ impl SessionStore for DbSessionStore {
     }
 }
 
+/// Records what a session event says about latency in the Prometheus
+/// histograms (buckets set in `telemetry`). Every transport calls this for
+/// every event it forwards.
+pub fn record_event_metrics(event: &palaver_actors::conversation::Event) {
+    use palaver_actors::conversation::Event;
+    let seconds = |ms: u32| f64::from(ms) / 1000.0;
+    match event {
+        Event::TurnMetrics { latency } => {
+            for (stage, value) in [
+                ("transcript", latency.transcript_ms),
+                ("first_token", latency.first_token_ms),
+                ("first_audio", latency.first_audio_ms),
+                ("voice_to_voice", latency.voice_to_voice_ms),
+            ] {
+                if let Some(ms) = value {
+                    ::metrics::histogram!("palaver_turn_latency_seconds", "stage" => stage)
+                        .record(seconds(ms));
+                }
+            }
+        }
+        Event::BargeIn {
+            onset_to_decision_ms,
+        } => {
+            ::metrics::histogram!("palaver_barge_in_decision_latency_seconds")
+                .record(seconds(*onset_to_decision_ms));
+        }
+        Event::Error { code, .. } => {
+            ::metrics::counter!("palaver_session_errors_total", "code" => *code).increment(1);
+        }
+        _ => {}
+    }
+}
+
 /// The conversation an assistant's settings describe.
 pub fn conversation_config(assistant: &AssistantSettings) -> ConversationConfig {
     let ms = |v: i32| u64::try_from(v).unwrap_or(0);

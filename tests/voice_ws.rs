@@ -297,6 +297,19 @@ async fn a_typed_turn_streams_text_and_paced_audio_and_is_stored() {
     assert_eq!(stored[1]["interrupted"], false);
     assert!(stored[1]["latency"]["voice_to_voice_ms"].is_i64());
 
+    let metrics = call
+        .server
+        .client
+        .get(call.server.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics.contains("palaver_turn_latency_seconds_bucket{stage=\"voice_to_voice\""),
+        "turn latencies reach Prometheus"
+    );
+
     let (_, session) = call
         .server
         .get(&format!("/v1/sessions/{}", call.session), &call.key)

@@ -214,6 +214,7 @@ async fn run_socket(
         tokio::select! {
             outgoing = from_actor.recv() => match outgoing {
                 Some(ToClient::Event(event)) => {
+                    voice::record_event_metrics(&event);
                     let ended = matches!(event, Event::SessionEnded { .. });
                     let done_text = match &event {
                         Event::AssistantDone { text } => Some(text.clone()),
