@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use chrono::{NaiveDateTime, TimeDelta};
 use palaver_actors::conversation::{ChatRole, ConversationConfig, EndReason, StoredMessage};
-use palaver_actors::ports::ProviderError;
+use palaver_actors::ports::{ProviderError, SttOptions};
 use palaver_actors::session::{
-    BoxFuture, LlmSetup, SessionSetup, SessionStore, ToClient, TtsSetup,
+    BoxFuture, LlmSetup, SessionSetup, SessionStore, SttSetup, ToClient, TtsSetup,
 };
 
 use crate::config::Settings;
@@ -146,16 +146,25 @@ pub fn conversation_config(assistant: &AssistantSettings) -> ConversationConfig 
     }
 }
 
+/// What a session could not get, told to the client when it connects.
+#[derive(Debug, Default)]
+pub struct Degraded {
+    /// The voice cannot be used: replies come as text only.
+    pub voice: Option<ProviderError>,
+    /// Speech to text cannot be used: caller audio is not transcribed.
+    pub hearing: Option<ProviderError>,
+}
+
 /// Everything a session needs, or why its language model cannot be used.
-/// A voice that cannot be used makes a text-only session and is reported in
-/// the second value, so the client can say why it hears nothing.
+/// A voice or speech recognition that cannot be used degrades the session
+/// and is reported in [`Degraded`], so the client can say why.
 pub fn session_setup(
     settings: &Settings,
     assistant: &AssistantSettings,
     speak: bool,
     store: Arc<dyn SessionStore>,
     client: tokio::sync::mpsc::Sender<ToClient>,
-) -> Result<(SessionSetup, Option<ProviderError>), ProviderError> {
+) -> Result<(SessionSetup, Degraded), ProviderError> {
     let mut provider_settings = settings.providers.clone();
     if let Some(base_url) = &assistant.llm_base_url {
         provider_settings.openai_base_url = base_url.clone();
@@ -179,6 +188,19 @@ pub fn session_setup(
     } else {
         (None, None)
     };
+    let (stt, hearing_problem) = match voice.speech_recognizer(assistant.stt_provider.as_str()) {
+        Ok(recognizer) => (
+            Some(SttSetup {
+                recognizer,
+                options: SttOptions {
+                    model: assistant.stt_model.clone(),
+                    language: assistant.stt_language.clone(),
+                },
+            }),
+            None,
+        ),
+        Err(err) => (None, Some(err)),
+    };
     let setup = SessionSetup {
         conversation: conversation_config(assistant),
         llm: LlmSetup {
@@ -188,8 +210,15 @@ pub fn session_setup(
             max_tokens: u32::try_from(assistant.llm_max_tokens).unwrap_or(256),
         },
         tts,
+        stt,
         store,
         client,
     };
-    Ok((setup, voice_problem))
+    Ok((
+        setup,
+        Degraded {
+            voice: voice_problem,
+            hearing: hearing_problem,
+        },
+    ))
 }

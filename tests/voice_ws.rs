@@ -26,6 +26,22 @@ struct Fake {
     chats: Mutex<Vec<Value>>,
     /// Replies to give, in order; the last one repeats.
     replies: Mutex<Vec<Result<String, u16>>>,
+    /// Sizes of the audio uploads received for transcription.
+    uploads: Mutex<Vec<usize>>,
+}
+
+/// What the fake recognizer "hears" in every upload.
+const HEARD: &str = "What time is it?";
+
+async fn transcribe(fake: web::Data<Fake>, body: web::Bytes) -> HttpResponse {
+    let wav_at = body.windows(4).position(|w| w == b"RIFF");
+    let is_wav = wav_at.is_some_and(|at| body.get(at + 8..at + 12) == Some(b"WAVE".as_slice()));
+    if !is_wav {
+        return HttpResponse::BadRequest()
+            .json(json!({"error": {"message": "no WAV in the upload"}}));
+    }
+    fake.uploads.lock().unwrap().push(body.len());
+    HttpResponse::Ok().json(json!({"text": HEARD}))
 }
 
 async fn chat(fake: web::Data<Fake>, body: web::Json<Value>) -> HttpResponse {
@@ -82,6 +98,7 @@ async fn start_fake(replies: Vec<Result<String, u16>>) -> (String, Arc<web::Data
             .app_data(data.clone())
             .route("/v1/chat/completions", web::post().to(chat))
             .route("/v1/audio/speech", web::post().to(speech))
+            .route("/v1/audio/transcriptions", web::post().to(transcribe))
     })
     .workers(1)
     .bind("127.0.0.1:0")
@@ -198,6 +215,13 @@ async fn read_until(socket: &mut Socket, seen: &mut Seen, until: &str) {
             Some(Ok(_)) => {}
             Some(Err(err)) => panic!("websocket error: {err}"),
         }
+    }
+}
+
+/// Like [`read_until`], unless `kind` has already been seen.
+async fn ensure(socket: &mut Socket, seen: &mut Seen, kind: &str) {
+    if seen.first(kind).is_none() {
+        read_until(socket, seen, kind).await;
     }
 }
 
@@ -546,4 +570,123 @@ async fn ending_a_live_session_through_the_api_hangs_up_the_call() {
         .get(&format!("/v1/sessions/{}", call.session), &call.key)
         .await;
     assert_eq!(session["end_reason"], "ended-by-api");
+}
+
+/// A phrase spoken by espeak-ng (installed by `make test`), as 16 kHz
+/// frames, followed by a second of silence.
+fn spoken(phrase: &str) -> Vec<palaver_media::AudioFrame> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("phrase.wav");
+    let status = std::process::Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "160", "-w"])
+        .arg(&path)
+        .arg(phrase)
+        .status()
+        .expect("espeak-ng must be installed (make test installs it)");
+    assert!(status.success());
+    let mut frames = palaver_media::wav::read_frames_16k(&path).unwrap();
+    frames.extend(std::iter::repeat_n(
+        palaver_media::AudioFrame::silence(),
+        50,
+    ));
+    frames
+}
+
+/// Streams frames in real time, as a caller's microphone would, while
+/// collecting what the server sends.
+async fn speak_into(socket: &mut Socket, seen: &mut Seen, frames: &[palaver_media::AudioFrame]) {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut pcm = [0u8; palaver_media::AudioFrame::BYTES];
+    for frame in frames {
+        tick.tick().await;
+        frame.write_le_bytes(&mut pcm);
+        socket
+            .send(Message::Binary(web::Bytes::copy_from_slice(&pcm)))
+            .await
+            .unwrap();
+        // Take what the server sent meanwhile, without waiting.
+        while let Ok(Some(Ok(frame))) =
+            tokio::time::timeout(Duration::from_millis(0), socket.next()).await
+        {
+            match frame {
+                Frame::Binary(_) => seen.audio_frames += 1,
+                Frame::Text(bytes) => {
+                    seen.events.push(serde_json::from_slice(&bytes).unwrap());
+                    seen.frames_before.push(seen.audio_frames);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[actix_web::test]
+async fn caller_speech_is_transcribed_and_answered() {
+    let call = call(
+        vec![Ok("It is noon.".into())],
+        json!({"stt": {"provider": "openai"}}),
+    )
+    .await;
+    let mut socket = connect(&call, "").await;
+    let mut seen = Seen::default();
+    read_until(&mut socket, &mut seen, "session.started").await;
+    let phrase = spoken("what time is it");
+    speak_into(&mut socket, &mut seen, &phrase).await;
+    ensure(&mut socket, &mut seen, "assistant.done").await;
+    assert_eq!(seen.first("transcript.final").unwrap()["text"], HEARD);
+    assert_eq!(seen.first("assistant.done").unwrap()["text"], "It is noon.");
+    let uploads = call.fake.uploads.lock().unwrap().clone();
+    assert_eq!(uploads.len(), 1, "one utterance, one transcription");
+    // The upload holds the speech (at least half a second of 16 kHz PCM16).
+    assert!(uploads[0] > 16_000, "{} bytes uploaded", uploads[0]);
+    let request = call.fake.chats.lock().unwrap()[0].clone();
+    assert_eq!(
+        request["messages"].as_array().unwrap().last().unwrap()["content"],
+        HEARD
+    );
+    let stored = wait_messages(&call, 2).await;
+    assert_eq!(stored[0]["content"], HEARD);
+    assert!(
+        stored[1]["latency"]["transcript_ms"].is_i64(),
+        "{}",
+        stored[1]
+    );
+}
+
+#[actix_web::test]
+async fn caller_speech_interrupts_the_assistant() {
+    let long = "one two three four five six seven eight nine ten eleven twelve thirteen \
+                fourteen fifteen sixteen seventeen eighteen nineteen twenty";
+    let call = call(
+        vec![Ok(long.into()), Ok("Sure.".into())],
+        json!({"stt": {"provider": "openai"}, "min_interruption_ms": 200}),
+    )
+    .await;
+    let mut socket = connect(&call, "").await;
+    let mut seen = Seen::default();
+    read_until(&mut socket, &mut seen, "session.started").await;
+    say(&mut socket, "Count to twenty").await;
+    read_until(&mut socket, &mut seen, "assistant.speaking").await;
+    let phrase = spoken("stop please, that is enough");
+    speak_into(&mut socket, &mut seen, &phrase).await;
+    ensure(&mut socket, &mut seen, "assistant.done").await;
+    assert_eq!(seen.first("assistant.done").unwrap()["text"], "Sure.");
+    let heard = seen
+        .first("assistant.interrupted")
+        .expect("the caller's voice cut in")["heard_text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        long.starts_with(&heard) && heard.len() < long.len(),
+        "heard {heard:?}"
+    );
+    assert!(seen.first("barge-in").is_some());
+    let stored = wait_messages(&call, 4).await;
+    assert_eq!(stored[1]["interrupted"], true);
+    assert_eq!(stored[1]["heard_text"], heard.as_str());
+    assert_eq!(
+        stored[2]["content"], HEARD,
+        "the interruption became the next turn"
+    );
 }

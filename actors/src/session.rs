@@ -18,12 +18,17 @@ use futures_util::StreamExt;
 use palaver_media::AudioFrame;
 use palaver_media::pacer::{Pacer, PacerConfig};
 use palaver_media::resample::StreamResampler;
+use palaver_media::vad::{Aggressiveness, SpeechDetectorConfig, SpeechEvent, WebRtcVad};
+use palaver_media::{SpeechDetector, VoiceActivity};
 
 use crate::conversation::{
     ChunkId, Conversation, ConversationConfig, EndReason, Event, Input, Millis, Output,
     StoredMessage, TurnId,
 };
-use crate::ports::{LanguageModel, LlmRequest, ProviderError, SpeechSynthesizer, TtsRequest};
+use crate::ports::{
+    LanguageModel, LlmRequest, ProviderError, SpeechRecognizer, SpeechSynthesizer, SttInput,
+    SttOptions, Transcript, TtsRequest,
+};
 
 /// A boxed future, the return type of the storage port.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -80,12 +85,29 @@ impl std::fmt::Debug for TtsSetup {
     }
 }
 
+/// How a session hears.
+#[derive(Clone)]
+pub struct SttSetup {
+    pub recognizer: Arc<dyn SpeechRecognizer>,
+    pub options: SttOptions,
+}
+
+impl std::fmt::Debug for SttSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SttSetup")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Everything a session needs to start.
 pub struct SessionSetup {
     pub conversation: ConversationConfig,
     pub llm: LlmSetup,
     /// `None` for a text-only session.
     pub tts: Option<TtsSetup>,
+    /// `None` when caller audio cannot be transcribed.
+    pub stt: Option<SttSetup>,
     pub store: Arc<dyn SessionStore>,
     /// Bounded: a client that stops reading loses audio frames, not memory.
     pub client: tokio::sync::mpsc::Sender<ToClient>,
@@ -103,6 +125,11 @@ impl std::fmt::Debug for SessionSetup {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct UserText(pub String);
+
+/// 20 ms of caller audio, 16 kHz mono.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CallerAudio(pub AudioFrame);
 
 /// The caller or the API ends the session.
 #[derive(Debug, Message)]
@@ -123,6 +150,35 @@ struct TtsItem {
     chunk: ChunkId,
     /// `Ok(None)`: the chunk is complete.
     item: Result<Option<crate::ports::TtsAudio>, ProviderError>,
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct SttItem(Result<Transcript, ProviderError>);
+
+/// Caller audio kept from before speech onset is detected, so speech to
+/// text hears the first syllable (onset is reported `min_speech_ms` late).
+const PRE_ROLL_FRAMES: usize = 16;
+/// Silence that ends a stretch of speech for the VAD stage; the rest of
+/// `end_of_turn_ms` is waited by the conversation.
+const VAD_SILENCE_MS: u32 = 200;
+/// Speech needed before onset is reported.
+const VAD_MIN_SPEECH_MS: u32 = 100;
+
+/// The listening half: VAD, onset/offset, and the live recognition.
+struct Ears {
+    setup: SttSetup,
+    vad: WebRtcVad,
+    detector: SpeechDetector,
+    /// Media time of caller audio received, in ms.
+    audio_ms: u64,
+    pre_roll: [AudioFrame; PRE_ROLL_FRAMES],
+    pre_roll_len: usize,
+    pre_roll_next: usize,
+    recognition: Option<tokio::sync::mpsc::Sender<SttInput>>,
+    transcripts: Option<SpawnHandle>,
+    /// The recognition queue was full: frames are being dropped.
+    overflowing: bool,
 }
 
 /// A write for the session's writer task. One queue keeps the transcript in
@@ -183,6 +239,7 @@ pub struct SessionActor {
     tts_queue: VecDeque<(ChunkId, String)>,
     speaking: VecDeque<Speaking>,
     pacer: Pacer<AudioFrame>,
+    ears: Option<Ears>,
     timer: Option<SpawnHandle>,
     ended: bool,
 }
@@ -211,6 +268,21 @@ impl SessionActor {
             tts_queue: VecDeque::new(),
             speaking: VecDeque::new(),
             pacer: Pacer::new(PacerConfig::default()),
+            ears: setup.stt.map(|setup| Ears {
+                setup,
+                vad: WebRtcVad::new(Aggressiveness::default()),
+                detector: SpeechDetector::new(SpeechDetectorConfig {
+                    min_speech_ms: VAD_MIN_SPEECH_MS,
+                    silence_ms: VAD_SILENCE_MS,
+                }),
+                audio_ms: 0,
+                pre_roll: std::array::from_fn(|_| AudioFrame::silence()),
+                pre_roll_len: 0,
+                pre_roll_next: 0,
+                recognition: None,
+                transcripts: None,
+                overflowing: false,
+            }),
             timer: None,
             ended: false,
         }
@@ -430,6 +502,98 @@ impl SessionActor {
         }
     }
 
+    /// Opens the recognition on first speech; its transcripts come back as
+    /// [`SttItem`]s.
+    fn open_recognition(&mut self, ctx: &mut Context<Self>) {
+        let Some(ears) = self.ears.as_mut() else {
+            return;
+        };
+        if ears.recognition.is_some() {
+            return;
+        }
+        let recognition = ears.setup.recognizer.start(ears.setup.options.clone());
+        let mut transcripts = recognition.transcripts;
+        let addr = ctx.address();
+        let handle = ctx.spawn(
+            async move {
+                while let Some(item) = transcripts.next().await {
+                    addr.do_send(SttItem(item));
+                }
+            }
+            .into_actor(self),
+        );
+        if let Some(ears) = self.ears.as_mut() {
+            ears.recognition = Some(recognition.audio);
+            ears.transcripts = Some(handle);
+        }
+    }
+
+    fn hear(&mut self, frame: AudioFrame, ctx: &mut Context<Self>) {
+        let Some(ears) = self.ears.as_mut() else {
+            return;
+        };
+        let is_speech = ears.vad.is_speech(&frame);
+        ears.audio_ms += u64::from(palaver_media::FRAME_MS);
+        let event = ears.detector.on_frame(ears.audio_ms, is_speech);
+        let now = self.now();
+        match event {
+            Some(SpeechEvent::Started { .. }) => {
+                // Onset is reported `min_speech_ms` after it happened.
+                let onset = now.saturating_sub(u64::from(VAD_MIN_SPEECH_MS));
+                self.conversation.handle_input(onset, Input::SpeechStarted);
+                self.open_recognition(ctx);
+                if let Some(ears) = self.ears.as_mut() {
+                    // Replay what came before the onset was confirmed.
+                    for i in 0..ears.pre_roll_len {
+                        let index = (ears.pre_roll_next + PRE_ROLL_FRAMES - ears.pre_roll_len + i)
+                            % PRE_ROLL_FRAMES;
+                        let frame = ears.pre_roll[index].clone();
+                        Self::to_recognition(ears, SttInput::Audio(frame));
+                    }
+                    ears.pre_roll_len = 0;
+                }
+            }
+            Some(SpeechEvent::Ended { .. }) => {
+                if let Some(ears) = self.ears.as_mut() {
+                    Self::to_recognition(ears, SttInput::Audio(frame.clone()));
+                    Self::to_recognition(ears, SttInput::EndOfUtterance);
+                }
+                // Offset is reported after `VAD_SILENCE_MS` of silence.
+                let offset = now.saturating_sub(u64::from(VAD_SILENCE_MS));
+                self.conversation.handle_input(offset, Input::SpeechEnded);
+            }
+            _ => {}
+        }
+        if let Some(ears) = self.ears.as_mut() {
+            if ears.detector.in_speech() {
+                if !matches!(event, Some(SpeechEvent::Ended { .. })) {
+                    Self::to_recognition(ears, SttInput::Audio(frame));
+                }
+            } else if !matches!(event, Some(SpeechEvent::Ended { .. })) {
+                ears.pre_roll[ears.pre_roll_next] = frame;
+                ears.pre_roll_next = (ears.pre_roll_next + 1) % PRE_ROLL_FRAMES;
+                ears.pre_roll_len = (ears.pre_roll_len + 1).min(PRE_ROLL_FRAMES);
+            }
+        }
+        self.drain(ctx);
+    }
+
+    fn to_recognition(ears: &mut Ears, input: SttInput) {
+        let Some(sender) = &ears.recognition else {
+            return;
+        };
+        match sender.try_send(input) {
+            Ok(()) => ears.overflowing = false,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                if !ears.overflowing {
+                    tracing::warn!("speech to text is falling behind; caller audio is dropped");
+                }
+                ears.overflowing = true;
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => ears.recognition = None,
+        }
+    }
+
     fn finish(&mut self, reason: EndReason, ctx: &mut Context<Self>) {
         if self.ended {
             return;
@@ -462,6 +626,37 @@ impl Handler<UserText> for SessionActor {
 
     fn handle(&mut self, msg: UserText, ctx: &mut Context<Self>) {
         self.feed(Input::UserText { text: msg.0 }, ctx);
+    }
+}
+
+impl Handler<CallerAudio> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CallerAudio, ctx: &mut Context<Self>) {
+        self.hear(msg.0, ctx);
+    }
+}
+
+impl Handler<SttItem> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SttItem, ctx: &mut Context<Self>) {
+        let input = match msg.0 {
+            Ok(Transcript { text, is_final }) => Input::Transcript { text, is_final },
+            Err(err) => {
+                tracing::warn!(%err, "speech to text failed");
+                self.send(ToClient::Event(Event::Error {
+                    code: "stt_failed",
+                    message: err.to_string(),
+                }));
+                // The utterance ends with nothing heard rather than hanging.
+                Input::Transcript {
+                    text: String::new(),
+                    is_final: true,
+                }
+            }
+        };
+        self.feed(input, ctx);
     }
 }
 

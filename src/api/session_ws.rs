@@ -15,7 +15,7 @@ use actix_web::{HttpRequest, HttpResponse, get, web};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
 use futures_util::StreamExt;
 use palaver_actors::conversation::{EndReason, Event};
-use palaver_actors::session::{Hangup, SessionActor, ToClient, UserText};
+use palaver_actors::session::{CallerAudio, Hangup, SessionActor, ToClient, UserText};
 use palaver_media::AudioFrame;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -109,7 +109,7 @@ async fn session_ws(
         connected_at,
     };
     let speak = query.audio.unwrap_or(true);
-    let (setup, voice_problem) = voice::session_setup(
+    let (setup, degraded) = voice::session_setup(
         &state.settings,
         &assistant.settings,
         speak,
@@ -141,7 +141,7 @@ async fn session_ws(
     tracing::info!(session = %id, org = %org, audio = speak, "session joined over WebSocket");
     let live = state.clone();
     actix_web::rt::spawn(async move {
-        run_socket(id, socket, stream, client_rx, actor, voice_problem).await;
+        run_socket(id, socket, stream, client_rx, actor, degraded).await;
         live.live.remove(id);
     });
     Ok(response)
@@ -190,7 +190,7 @@ async fn run_socket(
     mut stream: actix_ws::AggregatedMessageStream,
     mut from_actor: tokio::sync::mpsc::Receiver<ToClient>,
     actor: Addr<SessionActor>,
-    voice_problem: Option<palaver_actors::ports::ProviderError>,
+    degraded: voice::Degraded,
 ) {
     let mut last_heard = Instant::now();
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
@@ -202,7 +202,8 @@ async fn run_socket(
     let _ = socket
         .text(json!({"type": "session.started"}).to_string())
         .await;
-    if let Some(err) = voice_problem {
+    let hears = degraded.hearing.is_none();
+    if let Some(err) = &degraded.voice {
         let _ = socket
             .text(error_frame(
                 err.code(),
@@ -258,11 +259,20 @@ async fn run_socket(
                                 "audio frames are {} bytes (20 ms of 16 kHz mono PCM16), got {}",
                                 AudioFrame::BYTES, bytes.len()
                             )))
+                        } else if hears {
+                            let mut frame = [0u8; AudioFrame::BYTES];
+                            frame.copy_from_slice(&bytes);
+                            match AudioFrame::from_le_bytes(&frame) {
+                                Ok(frame) => actor.do_send(CallerAudio(frame)),
+                                Err(err) => tracing::warn!(%err, "640-byte frame refused"),
+                            }
+                            None
                         } else if !audio_input_reported {
                             audio_input_reported = true;
+                            let why = degraded.hearing.as_ref().map(ToString::to_string).unwrap_or_default();
                             Some(error_frame(
                                 "audio_input_unavailable",
-                                "this server does not transcribe WebSocket audio yet; send user-message text",
+                                format!("caller audio cannot be transcribed ({why}); send user-message text"),
                             ))
                         } else {
                             None
