@@ -770,30 +770,13 @@ impl Conversation {
         let Some(reply) = self.reply.take() else {
             return;
         };
-        if reply.llm_running {
-            self.outputs
-                .push_back(Output::CancelLlm { turn: reply.turn });
-        }
-        self.outputs.push_back(Output::CancelTts);
-        self.outputs.push_back(Output::ClearAudio);
-        let heard = reply.heard_text();
+        let heard = self.cut_reply(&reply, now);
         self.emit(Event::AssistantInterrupted {
             heard_text: heard.clone(),
         });
         self.emit(Event::BargeIn {
             onset_to_decision_ms: now.saturating_sub(onset) as u32,
         });
-        if !reply.text.trim().is_empty() {
-            self.outputs.push_back(Output::Store(StoredMessage {
-                role: ChatRole::Assistant,
-                content: reply.text.trim().to_owned(),
-                heard_text: Some(heard.clone()),
-                interrupted: true,
-                started_at: reply.started_at,
-                ended_at: now,
-                latency: reply.latency,
-            }));
-        }
         if !heard.is_empty() {
             // The model must not believe it said what the caller never heard.
             self.history.push(ChatMessage {
@@ -990,26 +973,34 @@ impl Conversation {
         self.last_activity = now;
     }
 
+    /// Stops a reply that will not finish: providers cancelled, queued audio
+    /// dropped, the message stored as interrupted with what was heard, which
+    /// is returned.
+    fn cut_reply(&mut self, reply: &Reply, now: Millis) -> String {
+        if reply.llm_running {
+            self.outputs
+                .push_back(Output::CancelLlm { turn: reply.turn });
+        }
+        self.outputs.push_back(Output::CancelTts);
+        self.outputs.push_back(Output::ClearAudio);
+        let heard = reply.heard_text();
+        if !reply.text.trim().is_empty() {
+            self.outputs.push_back(Output::Store(StoredMessage {
+                role: ChatRole::Assistant,
+                content: reply.text.trim().to_owned(),
+                heard_text: Some(heard.clone()),
+                interrupted: true,
+                started_at: reply.started_at,
+                ended_at: now,
+                latency: reply.latency,
+            }));
+        }
+        heard
+    }
+
     fn end(&mut self, now: Millis, reason: EndReason) {
         if let Some(reply) = self.reply.take() {
-            if reply.llm_running {
-                self.outputs
-                    .push_back(Output::CancelLlm { turn: reply.turn });
-            }
-            self.outputs.push_back(Output::CancelTts);
-            self.outputs.push_back(Output::ClearAudio);
-            let heard = reply.heard_text();
-            if !reply.text.trim().is_empty() {
-                self.outputs.push_back(Output::Store(StoredMessage {
-                    role: ChatRole::Assistant,
-                    content: reply.text.trim().to_owned(),
-                    heard_text: Some(heard),
-                    interrupted: true,
-                    started_at: reply.started_at,
-                    ended_at: now,
-                    latency: reply.latency,
-                }));
-            }
+            self.cut_reply(&reply, now);
         }
         self.interruption = None;
         self.utterance = None;

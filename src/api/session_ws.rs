@@ -260,11 +260,9 @@ async fn run_socket(
                                 AudioFrame::BYTES, bytes.len()
                             )))
                         } else if hears {
-                            let mut frame = [0u8; AudioFrame::BYTES];
-                            frame.copy_from_slice(&bytes);
-                            match AudioFrame::from_le_bytes(&frame) {
-                                Ok(frame) => actor.do_send(CallerAudio(frame)),
-                                Err(err) => tracing::warn!(%err, "640-byte frame refused"),
+                            // The length was checked above, so this cannot fail.
+                            if let Ok(frame) = AudioFrame::from_le_bytes(&bytes) {
+                                actor.do_send(CallerAudio(frame));
                             }
                             None
                         } else if !audio_input_reported {
