@@ -146,6 +146,31 @@ pub fn conversation_config(assistant: &AssistantSettings) -> ConversationConfig 
     }
 }
 
+/// The embedded local models (speech to text, language model, voice) are
+/// the default providers of an assistant but are not part of this build yet.
+fn local_unavailable() -> ProviderError {
+    ProviderError::Unavailable {
+        provider: "local",
+        message: "the embedded local models are not part of this build yet; set the assistant's \
+                  provider to `openai` (any OpenAI-compatible server, e.g. Ollama, vLLM, \
+                  llama.cpp) with providers.openai_base_url / llm.base_url"
+            .into(),
+    }
+}
+
+/// Looks a provider up by name, explaining `local` instead of calling it
+/// unknown.
+fn provider<T>(
+    name: &str,
+    lookup: impl FnOnce(&str) -> Result<T, ProviderError>,
+) -> Result<T, ProviderError> {
+    if name == "local" {
+        Err(local_unavailable())
+    } else {
+        lookup(name)
+    }
+}
+
 /// What a session could not get, told to the client when it connects.
 #[derive(Debug, Default)]
 pub struct Degraded {
@@ -169,11 +194,15 @@ pub fn session_setup(
     if let Some(base_url) = &assistant.llm_base_url {
         provider_settings.openai_base_url = base_url.clone();
     }
-    let llm = Providers::from_settings(&provider_settings)
-        .language_model(assistant.llm_provider.as_str())?;
+    let llm_providers = Providers::from_settings(&provider_settings);
+    let llm = provider(assistant.llm_provider.as_str(), |n| {
+        llm_providers.language_model(n)
+    })?;
     let voice = Providers::from_settings(&settings.providers);
     let (tts, voice_problem) = if speak {
-        match voice.speech_synthesizer(assistant.tts_provider.as_str()) {
+        match provider(assistant.tts_provider.as_str(), |n| {
+            voice.speech_synthesizer(n)
+        }) {
             Ok(synthesizer) => (
                 Some(TtsSetup {
                     synthesizer,
@@ -188,7 +217,9 @@ pub fn session_setup(
     } else {
         (None, None)
     };
-    let (stt, hearing_problem) = match voice.speech_recognizer(assistant.stt_provider.as_str()) {
+    let (stt, hearing_problem) = match provider(assistant.stt_provider.as_str(), |n| {
+        voice.speech_recognizer(n)
+    }) {
         Ok(recognizer) => (
             Some(SttSetup {
                 recognizer,

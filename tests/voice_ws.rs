@@ -690,3 +690,46 @@ async fn caller_speech_interrupts_the_assistant() {
         "the interruption became the next turn"
     );
 }
+
+#[actix_web::test]
+async fn an_assistant_on_local_models_is_refused_with_the_reason() {
+    let server = TestServer::start().await;
+    let tenant = server.tenant("acme").await;
+    let assistant = server.assistant(&tenant.key, "defaults").await;
+    let (session, token) = server.session(&tenant.key, assistant).await;
+    let refused = awc::Client::new()
+        .ws(format!(
+            "ws://{}/v1/sessions/{session}/ws?token={token}",
+            server.addr
+        ))
+        .connect()
+        .await;
+    match refused {
+        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+            assert_eq!(status.as_u16(), 503)
+        }
+        other => panic!("expected 503, got {:?}", other.map(|(r, _)| r.status())),
+    }
+    // Plain HTTP shows the reason a person reads.
+    let response = server
+        .client
+        .get(server.url(&format!("/v1/sessions/{session}/ws?token={token}")))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("not part of this build") && message.contains("openai"),
+        "{message}"
+    );
+    // Nothing was joined: the session can still be joined later.
+    let (_, row) = server
+        .get(&format!("/v1/sessions/{session}"), &tenant.key)
+        .await;
+    assert_eq!(row["status"], "created");
+}
