@@ -3,9 +3,10 @@
 //!
 //! Every field can be overridden by `PALAVER_<SECTION>_<FIELD>` (for example
 //! `PALAVER_SERVER_BIND=0.0.0.0:8080`, `PALAVER_LOG_FORMAT=json`). The
-//! conventional `DATABASE_URL`, `REDIS_URL` and `OPENAI_API_KEY` are honoured
-//! too. Unknown keys, in the file or in a `PALAVER_*` variable naming a known
-//! section, are rejected with a message that says where they came from.
+//! conventional `DATABASE_URL`, `REDIS_URL`, `OPENAI_API_KEY`,
+//! `DEEPGRAM_API_KEY` and `ELEVENLABS_API_KEY` are honoured too. Unknown
+//! keys, in the file or in a `PALAVER_*` variable naming a known section,
+//! are rejected with a message that says where they came from.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -233,6 +234,22 @@ pub struct ProviderSettings {
     /// Speech-to-text model used when a session names none, e.g.
     /// `whisper-1`, `gpt-4o-mini-transcribe`.
     pub stt_model: String,
+    /// Key for Deepgram's live transcription (`DEEPGRAM_API_KEY` is
+    /// honoured too). Required when `deepgram_url` is Deepgram's own;
+    /// optional for a self-hosted Deepgram that wants none.
+    pub deepgram_api_key: Option<Secret>,
+    /// Deepgram's live transcription WebSocket, without a query:
+    /// `wss://api.deepgram.com/v1/listen`, or a self-hosted one.
+    pub deepgram_url: String,
+    /// Key for ElevenLabs' speech API (`ELEVENLABS_API_KEY` is honoured
+    /// too). Required when `elevenlabs_base_url` is ElevenLabs' own.
+    pub elevenlabs_api_key: Option<Secret>,
+    /// Base URL of the ElevenLabs API, up to and including the version,
+    /// e.g. `/v1`.
+    pub elevenlabs_base_url: String,
+    /// ElevenLabs text-to-speech model, e.g. `eleven_flash_v2_5`,
+    /// `eleven_turbo_v2_5`, `eleven_multilingual_v2`.
+    pub elevenlabs_model: String,
 }
 
 impl Default for ProviderSettings {
@@ -245,6 +262,11 @@ impl Default for ProviderSettings {
             idle_timeout_ms: 10_000,
             tts_model: "tts-1".to_owned(),
             stt_model: "whisper-1".to_owned(),
+            deepgram_api_key: None,
+            deepgram_url: "wss://api.deepgram.com/v1/listen".to_owned(),
+            elevenlabs_api_key: None,
+            elevenlabs_base_url: "https://api.elevenlabs.io/v1".to_owned(),
+            elevenlabs_model: "eleven_flash_v2_5".to_owned(),
         }
     }
 }
@@ -354,6 +376,8 @@ fn apply_env(
             "DATABASE_URL" => ("database".to_owned(), "url".to_owned()),
             "REDIS_URL" => ("redis".to_owned(), "url".to_owned()),
             "OPENAI_API_KEY" => ("providers".to_owned(), "openai_api_key".to_owned()),
+            "DEEPGRAM_API_KEY" => ("providers".to_owned(), "deepgram_api_key".to_owned()),
+            "ELEVENLABS_API_KEY" => ("providers".to_owned(), "elevenlabs_api_key".to_owned()),
             _ => {
                 let Some(rest) = var.strip_prefix("PALAVER_") else {
                     continue;
@@ -403,6 +427,8 @@ fn optional_field(section: &str, field: &str) -> bool {
             | ("redis", "url")
             | ("auth", "jwt_secret")
             | ("providers", "openai_api_key")
+            | ("providers", "deepgram_api_key")
+            | ("providers", "elevenlabs_api_key")
     )
 }
 

@@ -171,6 +171,7 @@ impl FakeServer {
             idle_timeout_ms: 5_000,
             tts_model: "tts-test".to_owned(),
             stt_model: "stt-test".to_owned(),
+            ..ProviderSettings::default()
         }
     }
 

@@ -5,17 +5,24 @@
 //!
 //! # Layout
 //!
-//! - [`openai_api`]: what the OpenAI adapters share: the HTTP client, key,
-//!   timeouts, the single retry, error mapping.
+//! - `http_api`: what the HTTP adapters share: the client, the key header,
+//!   timeouts, the single retry, error mapping ([`Timeouts`]).
+//! - [`openai_api`]: OpenAI's API or a compatible server ([`OpenAiApi`]).
 //! - [`openai_llm`]: streamed chat completions ([`OpenAiChat`]).
 //! - [`openai_tts`]: streamed PCM speech ([`OpenAiSpeech`]).
 //! - [`openai_stt`]: per-utterance transcription ([`OpenAiTranscription`]).
+//! - [`deepgram_stt`]: live transcription over a WebSocket ([`DeepgramLive`]).
+//! - [`elevenlabs_tts`]: streamed PCM speech with word timings
+//!   ([`ElevenLabsSpeech`]).
 //! - `sse`: the sans-IO server-sent events parser.
 //!
 //! This module owns provider I/O only: it knows nothing of sessions,
 //! storage or HTTP routes. Every adapter is cancelled by dropping the stream
 //! it returned. No adapter logs a key or puts one in an error.
 
+pub mod deepgram_stt;
+pub mod elevenlabs_tts;
+mod http_api;
 pub mod openai_api;
 pub mod openai_llm;
 pub mod openai_stt;
@@ -26,15 +33,20 @@ use std::sync::Arc;
 
 use palaver_actors::ports::{LanguageModel, ProviderError, SpeechRecognizer, SpeechSynthesizer};
 
-pub use openai_api::{OpenAiApi, Timeouts};
+pub use deepgram_stt::DeepgramLive;
+pub use elevenlabs_tts::ElevenLabsSpeech;
+pub use http_api::Timeouts;
+pub use openai_api::OpenAiApi;
 pub use openai_llm::OpenAiChat;
 pub use openai_stt::OpenAiTranscription;
 pub use openai_tts::OpenAiSpeech;
 
 use crate::config::ProviderSettings;
 
-/// The provider names [`Providers`] knows.
-pub const PROVIDER_NAMES: &[&str] = &["openai"];
+/// The provider names [`Providers`] knows. Each offers some of the ports:
+/// `openai` all three, `deepgram` speech recognition, `elevenlabs` speech
+/// synthesis.
+pub const PROVIDER_NAMES: &[&str] = &["openai", "deepgram", "elevenlabs"];
 
 /// The configured providers, built once from the settings and shared.
 /// Cheap to clone.
@@ -42,6 +54,10 @@ pub const PROVIDER_NAMES: &[&str] = &["openai"];
 pub struct Providers {
     /// The OpenAI adapters, or why they cannot be used.
     openai: Result<OpenAiAdapters, ProviderError>,
+    /// Deepgram live transcription, or why it cannot be used.
+    deepgram: Result<Arc<DeepgramLive>, ProviderError>,
+    /// ElevenLabs speech, or why it cannot be used.
+    elevenlabs: Result<Arc<ElevenLabsSpeech>, ProviderError>,
 }
 
 #[derive(Clone)]
@@ -55,13 +71,18 @@ impl std::fmt::Debug for Providers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Providers")
             .field("openai", &self.openai.as_ref().map(|_| "configured"))
+            .field("deepgram", &self.deepgram.as_ref().map(|_| "configured"))
+            .field(
+                "elevenlabs",
+                &self.elevenlabs.as_ref().map(|_| "configured"),
+            )
             .finish()
     }
 }
 
 impl Providers {
     /// Builds every provider the settings allow. A provider that is not
-    /// configured (no key for OpenAI's own API) is remembered as
+    /// configured (no key for the provider's own API) is remembered as
     /// unavailable: asking for it fails with the reason, and the server
     /// still starts.
     pub fn from_settings(settings: &ProviderSettings) -> Self {
@@ -70,10 +91,23 @@ impl Providers {
             speech: Arc::new(OpenAiSpeech::new(api.clone(), settings.tts_model.clone())),
             transcription: Arc::new(OpenAiTranscription::new(api, settings.stt_model.clone())),
         });
-        if let Err(err) = &openai {
+        let deepgram = DeepgramLive::new(settings).map(Arc::new);
+        let elevenlabs = ElevenLabsSpeech::new(settings).map(Arc::new);
+        for err in [
+            openai.as_ref().err(),
+            deepgram.as_ref().err(),
+            elevenlabs.as_ref().err(),
+        ]
+        .into_iter()
+        .flatten()
+        {
             tracing::info!(%err, "provider not configured");
         }
-        Self { openai }
+        Self {
+            openai,
+            deepgram,
+            elevenlabs,
+        }
     }
 
     /// The language model of provider `name` (e.g. `openai`).
@@ -82,7 +116,7 @@ impl Providers {
             "openai" => self
                 .openai()
                 .map(|a| a.chat.clone() as Arc<dyn LanguageModel>),
-            _ => Err(unknown(name)),
+            _ => Err(unknown(name, "language model")),
         }
     }
 
@@ -95,7 +129,11 @@ impl Providers {
             "openai" => self
                 .openai()
                 .map(|a| a.speech.clone() as Arc<dyn SpeechSynthesizer>),
-            _ => Err(unknown(name)),
+            "elevenlabs" => self
+                .elevenlabs
+                .clone()
+                .map(|speech| speech as Arc<dyn SpeechSynthesizer>),
+            _ => Err(unknown(name, "speech synthesis")),
         }
     }
 
@@ -108,7 +146,11 @@ impl Providers {
             "openai" => self
                 .openai()
                 .map(|a| a.transcription.clone() as Arc<dyn SpeechRecognizer>),
-            _ => Err(unknown(name)),
+            "deepgram" => self
+                .deepgram
+                .clone()
+                .map(|live| live as Arc<dyn SpeechRecognizer>),
+            _ => Err(unknown(name, "speech recognition")),
         }
     }
 
@@ -117,12 +159,18 @@ impl Providers {
     }
 }
 
-fn unknown(name: &str) -> ProviderError {
-    ProviderError::Unavailable {
-        provider: "providers",
-        message: format!(
+/// Why `name` cannot give `port`: no such provider, or one without it.
+fn unknown(name: &str, port: &str) -> ProviderError {
+    let message = if PROVIDER_NAMES.contains(&name) {
+        format!("provider `{name}` offers no {port}")
+    } else {
+        format!(
             "no provider named `{name}`; known: {}",
             PROVIDER_NAMES.join(", ")
-        ),
+        )
+    };
+    ProviderError::Unavailable {
+        provider: "providers",
+        message,
     }
 }

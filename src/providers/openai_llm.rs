@@ -11,19 +11,22 @@ use palaver_actors::ports::{BoxStream, LanguageModel, LlmRequest, ProviderError}
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::openai_api::{BodyReader, OpenAiApi, PROVIDER, error_message, protocol};
+use super::http_api::{BodyReader, HttpApi, error_message};
+use super::openai_api::{OpenAiApi, PROVIDER, protocol};
 use super::sse::SseParser;
 
 /// The OpenAI chat completions API (or a compatible server) as a
 /// [`LanguageModel`].
 #[derive(Debug, Clone)]
 pub struct OpenAiChat {
-    api: OpenAiApi,
+    api: HttpApi,
 }
 
 impl OpenAiChat {
     pub fn new(api: OpenAiApi) -> Self {
-        Self { api }
+        Self {
+            api: api.into_http(),
+        }
     }
 }
 
@@ -40,7 +43,7 @@ impl LanguageModel for OpenAiChat {
 /// Where one streamed reply is.
 enum ReplyState {
     Connecting {
-        api: OpenAiApi,
+        api: HttpApi,
         body: ChatCompletionRequest,
     },
     Streaming(ReplyReader),

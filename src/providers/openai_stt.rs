@@ -33,6 +33,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::http_api::HttpApi;
 use super::openai_api::{OpenAiApi, PROVIDER, protocol};
 
 /// The longest utterance kept; older audio is dropped past it.
@@ -55,7 +56,7 @@ const KEPT_CAPACITY_SAMPLES: usize = 10 * SAMPLE_RATE as usize;
 /// [`SpeechRecognizer`].
 #[derive(Debug, Clone)]
 pub struct OpenAiTranscription {
-    api: OpenAiApi,
+    api: HttpApi,
     /// Used when [`SttOptions::model`] is empty.
     default_model: String,
 }
@@ -63,7 +64,7 @@ pub struct OpenAiTranscription {
 impl OpenAiTranscription {
     pub fn new(api: OpenAiApi, default_model: impl Into<String>) -> Self {
         Self {
-            api,
+            api: api.into_http(),
             default_model: default_model.into(),
         }
     }
@@ -167,7 +168,7 @@ fn max_utterance_samples() -> usize {
 /// What every request of one recognition shares.
 #[derive(Debug, Clone)]
 struct TranscriptionJob {
-    api: OpenAiApi,
+    api: HttpApi,
     model: String,
     language: String,
 }

@@ -11,7 +11,8 @@ use palaver_actors::ports::{BoxStream, ProviderError, SpeechSynthesizer, TtsAudi
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::openai_api::{BodyReader, OpenAiApi};
+use super::http_api::{BodyReader, HttpApi};
+use super::openai_api::OpenAiApi;
 
 /// The rate of OpenAI's `pcm` response format.
 pub const OPENAI_PCM_SAMPLE_RATE: u32 = 24_000;
@@ -19,7 +20,7 @@ pub const OPENAI_PCM_SAMPLE_RATE: u32 = 24_000;
 /// OpenAI's speech API (or a compatible server) as a [`SpeechSynthesizer`].
 #[derive(Debug, Clone)]
 pub struct OpenAiSpeech {
-    api: OpenAiApi,
+    api: HttpApi,
     /// e.g. `tts-1`; [`TtsRequest`] names only the voice.
     model: String,
 }
@@ -27,7 +28,7 @@ pub struct OpenAiSpeech {
 impl OpenAiSpeech {
     pub fn new(api: OpenAiApi, model: impl Into<String>) -> Self {
         Self {
-            api,
+            api: api.into_http(),
             model: model.into(),
         }
     }
@@ -56,7 +57,7 @@ impl SpeechSynthesizer for OpenAiSpeech {
 }
 
 enum SpeechState {
-    Connecting { api: OpenAiApi, body: SpeechRequest },
+    Connecting { api: HttpApi, body: SpeechRequest },
     Streaming { body: BodyReader, pcm: PcmAssembler },
     Finished,
 }
