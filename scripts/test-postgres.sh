@@ -7,19 +7,19 @@
 #   stop   stop it (fast mode) and delete its directory (no error if not running)
 #   url    print the URL
 #
-# Env: PALAVER_PG_DIR  (default <repo>/.pgtest)   data, log and unix socket live here
-#      PALAVER_PG_PORT (default 55432)            TCP port, bound to 127.0.0.1 only
+# Env: PALAVER_TEST_PG_DIR  (default <repo>/.pgtest)   data, log and unix socket live here
+#      PALAVER_TEST_PG_PORT (default 55432)            TCP port, bound to 127.0.0.1 only
 # Auth is "trust", superuser "postgres": never expose this cluster.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 
-PG_DIR="${PALAVER_PG_DIR:-$REPO_ROOT/.pgtest}"
+PG_DIR="${PALAVER_TEST_PG_DIR:-$REPO_ROOT/.pgtest}"
 case "$PG_DIR" in /*) ;; *) PG_DIR="$PWD/$PG_DIR" ;; esac
 while [[ "$PG_DIR" == */ ]]; do PG_DIR="${PG_DIR%/}"; done
-if [ -z "$PG_DIR" ]; then echo "test-postgres: ERROR: PALAVER_PG_DIR must not be /" >&2; exit 1; fi
-PG_PORT="${PALAVER_PG_PORT:-55432}"
+if [ -z "$PG_DIR" ]; then echo "test-postgres: ERROR: PALAVER_TEST_PG_DIR must not be /" >&2; exit 1; fi
+PG_PORT="${PALAVER_TEST_PG_PORT:-55432}"
 DATA="$PG_DIR/data"
 LOG="$PG_DIR/postgres.log"
 MARKER="$PG_DIR/.palaver-test-postgres"
@@ -28,9 +28,9 @@ START_TIMEOUT=30
 
 die() { echo "test-postgres: ERROR: $*" >&2; exit 1; }
 say() { echo "test-postgres: $*" >&2; }
-usage() { echo "Usage: $0 start|stop|url   (env: PALAVER_PG_DIR, PALAVER_PG_PORT)" >&2; }
+usage() { echo "Usage: $0 start|stop|url   (env: PALAVER_TEST_PG_DIR, PALAVER_TEST_PG_PORT)" >&2; }
 
-[[ "$PG_PORT" =~ ^[0-9]+$ ]] || die "PALAVER_PG_PORT must be a number, got '$PG_PORT'"
+[[ "$PG_PORT" =~ ^[0-9]+$ ]] || die "PALAVER_TEST_PG_PORT must be a number, got '$PG_PORT'"
 
 # Highest installed PostgreSQL version; do not rely on PATH.
 find_bindir() {
@@ -87,7 +87,7 @@ safe_rm_dir() {
   [ -e "$PG_DIR" ] || return 0
   case "$PG_DIR" in ""|/|"${HOME:-/}"|"$REPO_ROOT"|/usr*|/etc*|/var|/home|/root) die "refusing to delete '$PG_DIR'";; esac
   if [ ! -e "$MARKER" ] && [ -n "$(ls -A "$PG_DIR" 2>/dev/null)" ]; then
-    die "'$PG_DIR' exists but was not created by this script (no $(basename "$MARKER")); not deleting it. Remove it yourself or set PALAVER_PG_DIR."
+    die "'$PG_DIR' exists but was not created by this script (no $(basename "$MARKER")); not deleting it. Remove it yourself or set PALAVER_TEST_PG_DIR."
   fi
   rm -rf -- "$PG_DIR"
 }
@@ -114,7 +114,7 @@ cmd_start() {
   # A unix socket path is limited to ~107 bytes.
   local sock="$PG_DIR/.s.PGSQL.$PG_PORT"
   [ "${#sock}" -lt 100 ] || die "path too long for a unix socket: $sock
-  Set PALAVER_PG_DIR to a shorter directory (e.g. /tmp/palaver-pg)."
+  Set PALAVER_TEST_PG_DIR to a shorter directory (e.g. /tmp/palaver-pg)."
 
   if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
     die "running as root but there is no 'postgres' user to run the server as (initdb refuses root).
@@ -123,7 +123,7 @@ cmd_start() {
 
   if [ -e "$PG_DIR" ] && [ ! -e "$MARKER" ] && [ -n "$(ls -A "$PG_DIR" 2>/dev/null)" ]; then
     die "'$PG_DIR' exists but was not created by this script (no $(basename "$MARKER")); not touching it.
-  Remove it yourself or set PALAVER_PG_DIR to another directory."
+  Remove it yourself or set PALAVER_TEST_PG_DIR to another directory."
   fi
   # A directory from an earlier failed attempt (no complete cluster): start over.
   if [ -d "$PG_DIR" ] && [ ! -f "$DATA/PG_VERSION" ]; then
@@ -139,8 +139,8 @@ cmd_start() {
       chown postgres: "$PG_DIR" "$MARKER"
       # The postgres user must be able to reach the directory.
       runuser -u postgres -- test -w "$PG_DIR" || die "user 'postgres' cannot write to $PG_DIR
-  (a parent directory is probably not searchable by others, e.g. /root). Set PALAVER_PG_DIR
-  to a directory postgres can reach, e.g. PALAVER_PG_DIR=/tmp/palaver-pg"
+  (a parent directory is probably not searchable by others, e.g. /root). Set PALAVER_TEST_PG_DIR
+  to a directory postgres can reach, e.g. PALAVER_TEST_PG_DIR=/tmp/palaver-pg"
     fi
     say "creating cluster in $PG_DIR ($BIN)"
     if ! as_pg "$BIN/initdb" -D "$DATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 \
@@ -154,7 +154,7 @@ cmd_start() {
   remove_stale_locks
   echo "$PG_PORT" >"$PG_DIR/port"
 
-  # Rewritten on every start so PALAVER_PG_PORT changes take effect.
+  # Rewritten on every start so PALAVER_TEST_PG_PORT changes take effect.
   as_pg tee "$DATA/palaver.conf" >/dev/null <<CONF
 # written by scripts/test-postgres.sh
 listen_addresses = '127.0.0.1'

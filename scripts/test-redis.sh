@@ -7,18 +7,18 @@
 #   stop   shut it down and delete its directory (no error if not running)
 #   url    print the URL
 #
-# Env: PALAVER_REDIS_DIR  (default <repo>/.redistest)  pidfile and log live here
-#      PALAVER_REDIS_PORT (default 56379)              bound to 127.0.0.1 only
+# Env: PALAVER_TEST_REDIS_DIR  (default <repo>/.redistest)  pidfile and log live here
+#      PALAVER_TEST_REDIS_PORT (default 56379)              bound to 127.0.0.1 only
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 
-R_DIR="${PALAVER_REDIS_DIR:-$REPO_ROOT/.redistest}"
+R_DIR="${PALAVER_TEST_REDIS_DIR:-$REPO_ROOT/.redistest}"
 case "$R_DIR" in /*) ;; *) R_DIR="$PWD/$R_DIR" ;; esac
 while [[ "$R_DIR" == */ ]]; do R_DIR="${R_DIR%/}"; done
-if [ -z "$R_DIR" ]; then echo "test-redis: ERROR: PALAVER_REDIS_DIR must not be /" >&2; exit 1; fi
-R_PORT="${PALAVER_REDIS_PORT:-56379}"
+if [ -z "$R_DIR" ]; then echo "test-redis: ERROR: PALAVER_TEST_REDIS_DIR must not be /" >&2; exit 1; fi
+R_PORT="${PALAVER_TEST_REDIS_PORT:-56379}"
 PIDFILE="$R_DIR/redis.pid"
 PORTFILE="$R_DIR/port"
 LOG="$R_DIR/redis.log"
@@ -28,9 +28,9 @@ START_TIMEOUT=30
 
 die() { echo "test-redis: ERROR: $*" >&2; exit 1; }
 say() { echo "test-redis: $*" >&2; }
-usage() { echo "Usage: $0 start|stop|url   (env: PALAVER_REDIS_DIR, PALAVER_REDIS_PORT)" >&2; }
+usage() { echo "Usage: $0 start|stop|url   (env: PALAVER_TEST_REDIS_DIR, PALAVER_TEST_REDIS_PORT)" >&2; }
 
-[[ "$R_PORT" =~ ^[0-9]+$ ]] || die "PALAVER_REDIS_PORT must be a number, got '$R_PORT'"
+[[ "$R_PORT" =~ ^[0-9]+$ ]] || die "PALAVER_TEST_REDIS_PORT must be a number, got '$R_PORT'"
 
 need_bins() {
   local b
@@ -62,7 +62,7 @@ safe_rm_dir() {
   [ -e "$R_DIR" ] || return 0
   case "$R_DIR" in ""|/|"${HOME:-/}"|"$REPO_ROOT"|/usr*|/etc*|/var|/home|/root) die "refusing to delete '$R_DIR'";; esac
   if [ ! -e "$MARKER" ] && [ -n "$(ls -A "$R_DIR" 2>/dev/null)" ]; then
-    die "'$R_DIR' exists but was not created by this script (no $(basename "$MARKER")); not deleting it. Remove it yourself or set PALAVER_REDIS_DIR."
+    die "'$R_DIR' exists but was not created by this script (no $(basename "$MARKER")); not deleting it. Remove it yourself or set PALAVER_TEST_REDIS_DIR."
   fi
   rm -rf -- "$R_DIR"
 }
@@ -76,7 +76,7 @@ log_tail() {
 cmd_start() {
   if [ -e "$R_DIR" ] && [ ! -e "$MARKER" ] && [ -n "$(ls -A "$R_DIR" 2>/dev/null)" ]; then
     die "'$R_DIR' exists but was not created by this script (no $(basename "$MARKER")); not touching it.
-  Remove it yourself or set PALAVER_REDIS_DIR to another directory."
+  Remove it yourself or set PALAVER_TEST_REDIS_DIR to another directory."
   fi
   if is_running; then
     local running_port
