@@ -1,9 +1,14 @@
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use palaver_loadtest::rest::{self, RestConfig, RestScenario};
+use palaver_loadtest::fake_providers::{self, DEFAULT_REPLY, FakeProvidersConfig};
+use palaver_loadtest::report::Report;
+use palaver_loadtest::rest::{self, RestConfig, RestScenario, RunError};
+use palaver_loadtest::voice_ws::{self, VoiceConfig};
 
 /// Load-test a running Palaver server over the wire.
 #[derive(Debug, Parser)]
@@ -42,30 +47,202 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Voice sessions over WebSocket: callers type turns, some cut in;
+    /// first text, first audio, turn, barge-in stop and frame jitter are
+    /// timed at the transport.
+    VoiceWs {
+        /// Server base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Organization API key (raise the server's limits for big runs).
+        #[arg(long, env = "PALAVER_API_KEY", hide_env_values = true)]
+        api_key: String,
+        /// Use this assistant; one with the openai LLM and TTS is created
+        /// when absent.
+        #[arg(long)]
+        assistant_id: Option<i64>,
+        /// Concurrent callers.
+        #[arg(long, default_value_t = 10)]
+        callers: usize,
+        /// Replies each caller hears to the end.
+        #[arg(long, default_value_t = 3)]
+        turns: u32,
+        /// Share of callers (0 to 1) that cut into every reply.
+        #[arg(long, default_value_t = 0.3)]
+        barge_in_share: f64,
+        /// Audio frames (20 ms each) heard before cutting in.
+        #[arg(long, default_value_t = 10)]
+        barge_in_after_frames: usize,
+        /// Callers started per second (0: all at once).
+        #[arg(long, default_value_t = 20.0)]
+        ramp_per_second: f64,
+        /// No caller or turn starts after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        max_seconds: u64,
+        /// A caller hearing nothing this long while waiting has failed.
+        #[arg(long, default_value_t = 30)]
+        idle_timeout_seconds: u64,
+        /// What callers type.
+        #[arg(long, default_value = "Do you have a room tonight?")]
+        message: String,
+        /// What barge-in callers type to cut in.
+        #[arg(long, default_value = "Sorry, how much is it?")]
+        interruption: String,
+        /// Sample this process (the server) for CPU and RSS once a second.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// The fake providers' base URL, to report their configured latency.
+        #[arg(long)]
+        providers_url: Option<String>,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// An OpenAI-compatible fake (chat SSE, speech PCM, transcriptions) on
+    /// loopback; prints its base URL, serves until SIGINT/SIGTERM.
+    FakeProviders {
+        /// Loopback address to listen on (port 0 picks one).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        bind: SocketAddr,
+        /// Delay before a chat completion's first byte.
+        #[arg(long, default_value_t = 0)]
+        llm_delay_ms: u64,
+        /// Delay between two streamed words.
+        #[arg(long, default_value_t = 0)]
+        llm_token_gap_ms: u64,
+        /// Delay before synthesized speech's first byte.
+        #[arg(long, default_value_t = 0)]
+        tts_delay_ms: u64,
+        /// Delay before a transcription answers.
+        #[arg(long, default_value_t = 0)]
+        stt_delay_ms: u64,
+        /// What the model answers, every time.
+        #[arg(long, default_value = DEFAULT_REPLY)]
+        reply: String,
+        /// What the recognizer hears, every time.
+        #[arg(long, default_value = "Do you have a room tonight?")]
+        transcript: String,
+        /// Milliseconds of speech per character.
+        #[arg(long, default_value_t = 60)]
+        ms_per_char: u32,
+        /// HTTP worker threads.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let Command::Rest {
-        url,
-        api_key,
-        scenario,
-        iterations,
-        clients,
-        max_seconds,
-        assistant_id,
-        json,
-    } = Cli::parse().command;
-    let config = RestConfig {
-        base_url: url,
-        api_key,
-        scenario,
-        iterations,
-        clients,
-        max_duration: Duration::from_secs(max_seconds),
-        assistant_id,
-    };
-    let report = match rest::run(config).await {
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Rest {
+            url,
+            api_key,
+            scenario,
+            iterations,
+            clients,
+            max_seconds,
+            assistant_id,
+            json,
+        } => {
+            let config = RestConfig {
+                base_url: url,
+                api_key,
+                scenario,
+                iterations,
+                clients,
+                max_duration: Duration::from_secs(max_seconds),
+                assistant_id,
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    eprintln!("palaver-loadtest: cannot start the runtime: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            finish(runtime.block_on(rest::run(config)), json)
+        }
+        Command::VoiceWs {
+            url,
+            api_key,
+            assistant_id,
+            callers,
+            turns,
+            barge_in_share,
+            barge_in_after_frames,
+            ramp_per_second,
+            max_seconds,
+            idle_timeout_seconds,
+            message,
+            interruption,
+            server_pid,
+            providers_url,
+            json,
+        } => {
+            let config = VoiceConfig {
+                base_url: url,
+                api_key,
+                assistant_id,
+                callers,
+                turns,
+                barge_in_share,
+                barge_in_after_frames,
+                ramp_per_second,
+                max_duration: Duration::from_secs(max_seconds),
+                idle_timeout: Duration::from_secs(idle_timeout_seconds),
+                message,
+                interruption,
+                server_pid,
+                fake_providers_url: providers_url,
+            };
+            // awc's WebSocket client runs on an actix System (one thread).
+            let result = actix_rt::System::new().block_on(voice_ws::run(config));
+            finish(result, json)
+        }
+        Command::FakeProviders {
+            bind,
+            llm_delay_ms,
+            llm_token_gap_ms,
+            tts_delay_ms,
+            stt_delay_ms,
+            reply,
+            transcript,
+            ms_per_char,
+            workers,
+        } => {
+            let config = FakeProvidersConfig {
+                llm_delay: Duration::from_millis(llm_delay_ms),
+                llm_token_gap: Duration::from_millis(llm_token_gap_ms),
+                tts_delay: Duration::from_millis(tts_delay_ms),
+                stt_delay: Duration::from_millis(stt_delay_ms),
+                reply,
+                transcript,
+                ms_per_char,
+                workers,
+            };
+            let served = actix_rt::System::new().block_on(async move {
+                let fake =
+                    fake_providers::start_for_cli(bind, config).map_err(|err| err.to_string())?;
+                // Scripts read the base URL from the first line.
+                println!("{}", fake.base_url);
+                let _ = std::io::stdout().flush();
+                fake.serve_until_signalled()
+                    .await
+                    .map_err(|err| err.to_string())
+            });
+            match served {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("palaver-loadtest: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Prints the report, writes its JSON; fails when any operation failed.
+fn finish(result: Result<Report, RunError>, json: Option<PathBuf>) -> ExitCode {
+    let report = match result {
         Ok(report) => report,
         Err(err) => {
             eprintln!("palaver-loadtest: {err}");

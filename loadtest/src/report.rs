@@ -86,6 +86,71 @@ pub struct Report {
     pub concurrency: usize,
     pub elapsed_s: f64,
     pub operations: BTreeMap<String, OpSummary>,
+    /// What a voice run did beyond latencies; absent for REST runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub voice: Option<VoiceFigures>,
+}
+
+/// Counts of a voice run, the providers' configured latency and the
+/// server's resources.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VoiceFigures {
+    pub callers: usize,
+    /// Callers that cut into every reply they got.
+    pub barge_in_callers: usize,
+    /// Callers not started because `max_duration` had passed.
+    pub callers_not_started: usize,
+    pub turns_planned: u64,
+    pub turns_completed: u64,
+    /// Turns never started: the caller gave up after a failure, or time ran out.
+    pub turns_not_run: u64,
+    pub barge_ins_sent: u64,
+    /// `assistant.interrupted` events that answered a barge-in.
+    pub barge_ins_observed: u64,
+    pub audio_frames: u64,
+    /// Audio frames that arrived after their reply's `assistant.done`, before
+    /// the next reply's first text (the server sends text before audio, so
+    /// they cannot be the next reply's).
+    pub late_frames_after_done: u64,
+    /// Audio frames of a cut reply that arrived after its
+    /// `assistant.interrupted`.
+    pub late_frames_after_interrupted: u64,
+    pub turns_with_late_audio: u64,
+    /// The fake providers' settings and the requests they answered during
+    /// the run (when their URL was given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub providers: Option<ProviderFigures>,
+    /// The server process (when its pid was given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerResources>,
+}
+
+/// The fake providers' configured latency, to read the server's own share
+/// off the client-side figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProviderFigures {
+    pub llm_delay_ms: u64,
+    pub llm_token_gap_ms: u64,
+    pub tts_delay_ms: u64,
+    pub ms_per_char: u32,
+    pub chat_requests: u64,
+    pub speech_requests: u64,
+}
+
+/// CPU and memory of the server process over a run, sampled once a second.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServerResources {
+    pub pid: u32,
+    pub samples: usize,
+    /// Resident memory at the start of the run.
+    pub baseline_rss_mib: f64,
+    pub peak_rss_mib: f64,
+    /// (peak − baseline) / callers.
+    pub rss_per_caller_kib: f64,
+    /// CPU time over wall time, all threads (200 % = two cores busy).
+    pub mean_cpu_percent: f64,
+    /// The busiest sampling interval.
+    pub max_cpu_percent: f64,
 }
 
 impl Report {
@@ -96,7 +161,7 @@ impl Report {
     /// A terminal table, one line per operation.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "scenario {} · {} clients · {:.1} s\n{:<16} {:>8} {:>7} {:>9} {:>8} {:>8} {:>8} {:>8}\n",
+            "scenario {} · {} clients · {:.1} s\n{:<18} {:>8} {:>7} {:>9} {:>8} {:>8} {:>8} {:>8}\n",
             self.scenario,
             self.concurrency,
             self.elapsed_s,
@@ -111,12 +176,79 @@ impl Report {
         );
         for (name, op) in &self.operations {
             out.push_str(&format!(
-                "{:<16} {:>8} {:>7} {:>9.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2}\n",
+                "{:<18} {:>8} {:>7} {:>9.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2}\n",
                 name, op.ok, op.failed, op.per_second, op.p50_ms, op.p90_ms, op.p99_ms, op.max_ms
             ));
             for (reason, n) in &op.failures {
                 out.push_str(&format!("    {n} × {reason}\n"));
             }
+        }
+        if let Some(voice) = &self.voice {
+            out.push_str(&self.voice_lines(voice));
+        }
+        out
+    }
+
+    fn voice_lines(&self, v: &VoiceFigures) -> String {
+        let mut out = format!(
+            "callers {} ({} barging in, {} not started) · turns {}/{} completed, {} not run · \
+             barge-ins {} sent, {} interrupted · {} audio frames ({:.1} s)\n",
+            v.callers,
+            v.barge_in_callers,
+            v.callers_not_started,
+            v.turns_completed,
+            v.turns_planned,
+            v.turns_not_run,
+            v.barge_ins_sent,
+            v.barge_ins_observed,
+            v.audio_frames,
+            v.audio_frames as f64 * 0.02,
+        );
+        if v.late_frames_after_done + v.late_frames_after_interrupted > 0 {
+            out.push_str(&format!(
+                "late audio: {} frames after their reply's assistant.done and {} after its \
+                 assistant.interrupted, in {} turns (not counted as the next reply's first audio)\n",
+                v.late_frames_after_done, v.late_frames_after_interrupted, v.turns_with_late_audio,
+            ));
+        }
+        if let Some(p) = &v.providers {
+            out.push_str(&format!(
+                "fake providers: LLM first byte {} ms (+{} ms/word), TTS first byte {} ms, \
+                 {} ms of speech per character; {} chat + {} speech requests\n",
+                p.llm_delay_ms,
+                p.llm_token_gap_ms,
+                p.tts_delay_ms,
+                p.ms_per_char,
+                p.chat_requests,
+                p.speech_requests,
+            ));
+            if let Some(first_audio) = self
+                .operations
+                .get(crate::voice_ws::FIRST_AUDIO)
+                .filter(|o| o.ok > 0)
+            {
+                let providers = (p.llm_delay_ms + p.tts_delay_ms) as f64;
+                out.push_str(&format!(
+                    "server-added first audio (first-audio − LLM − TTS delays): \
+                     p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms\n",
+                    first_audio.p50_ms - providers,
+                    first_audio.p90_ms - providers,
+                    first_audio.p99_ms - providers,
+                ));
+            }
+        }
+        if let Some(s) = &v.server {
+            out.push_str(&format!(
+                "server pid {}: RSS peak {:.1} MiB (start {:.1} MiB, +{:.0} KiB per caller), \
+                 CPU mean {:.0} % (busiest second {:.0} %) over {} samples\n",
+                s.pid,
+                s.peak_rss_mib,
+                s.baseline_rss_mib,
+                s.rss_per_caller_kib,
+                s.mean_cpu_percent,
+                s.max_cpu_percent,
+                s.samples,
+            ));
         }
         out
     }

@@ -45,27 +45,51 @@ pub struct RestConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RunError {
+    /// The HTTP client could not be built (TLS backend, resolver).
     #[error("cannot build the HTTP client: {0}")]
     Client(reqwest::Error),
+    /// A request made before the run (creating or reading the assistant,
+    /// the fake providers' stats) failed.
     #[error("setup request failed: {0}")]
     Setup(String),
+    /// The configuration cannot describe a run (no callers, a share above 1).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// `/proc/<pid>` of the server could not be read.
+    #[error("cannot sample the server process: {0}")]
+    Sampler(std::io::Error),
 }
 
-struct Client {
+/// The REST API with one credential; the voice scenario uses it too.
+pub(crate) struct ApiClient {
     http: reqwest::Client,
     base: String,
     key: String,
 }
 
-impl Client {
-    /// One timed request; `Ok(body)` for 2xx, `Err(reason)` otherwise.
-    async fn send(
+impl ApiClient {
+    /// `base` e.g. `http://127.0.0.1:8080`; `pool` idle connections kept.
+    pub(crate) fn new(base: &str, key: &str, pool: usize) -> Result<Self, RunError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(pool)
+            .build()
+            .map_err(RunError::Client)?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            key: key.to_owned(),
+        })
+    }
+
+    /// One timed request: `Ok((body, latency))` for 2xx, `Err(reason)`
+    /// otherwise (`status 429 rate_limited`, `timeout`, `transport: …`).
+    pub(crate) async fn request(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
-        stats: &mut OpStats,
-    ) -> Option<Value> {
+    ) -> Result<(Value, Duration), String> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -74,43 +98,51 @@ impl Client {
             req = req.json(&body);
         }
         let started = Instant::now();
-        let result = req.send().await;
-        let response = match result {
-            Ok(r) => r,
-            Err(err) => {
-                stats.fail(if err.is_timeout() {
-                    "timeout".into()
-                } else {
-                    format!("transport: {err}")
-                });
-                return None;
+        let response = req.send().await.map_err(|err| {
+            if err.is_timeout() {
+                "timeout".to_owned()
+            } else {
+                format!("transport: {err}")
             }
-        };
+        })?;
         let status = response.status();
         let body = response.json::<Value>().await.unwrap_or(Value::Null);
         if status.is_success() {
-            stats.record(started.elapsed());
-            Some(body)
+            Ok((body, started.elapsed()))
         } else {
-            let code = body["error"]["code"].as_str().unwrap_or("").to_owned();
-            stats.fail(format!("status {} {code}", status.as_u16()));
-            None
+            let code = body["error"]["code"].as_str().unwrap_or("");
+            Err(format!("status {} {code}", status.as_u16()))
+        }
+    }
+
+    /// [`ApiClient::request`], recorded in `stats`.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        stats: &mut OpStats,
+    ) -> Option<Value> {
+        match self.request(method, path, body).await {
+            Ok((body, latency)) => {
+                stats.record(latency);
+                Some(body)
+            }
+            Err(reason) => {
+                stats.fail(reason);
+                None
+            }
         }
     }
 }
 
 /// Runs the scenario and returns its report.
 pub async fn run(config: RestConfig) -> Result<Report, RunError> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(config.clients)
-        .build()
-        .map_err(RunError::Client)?;
-    let client = std::sync::Arc::new(Client {
-        http,
-        base: config.base_url.trim_end_matches('/').to_owned(),
-        key: config.api_key.clone(),
-    });
+    let client = std::sync::Arc::new(ApiClient::new(
+        &config.base_url,
+        &config.api_key,
+        config.clients,
+    )?);
     let assistant = match config.assistant_id {
         Some(id) => id,
         None => {
@@ -201,5 +233,6 @@ pub async fn run(config: RestConfig) -> Result<Report, RunError> {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.summary(elapsed)))
             .collect(),
+        voice: None,
     })
 }

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Voice-over-WebSocket figures for BENCHMARKS.md: a release server on loopback
+# (SQLite) whose OpenAI-compatible providers are palaver-loadtest's fakes,
+# driven by `palaver-loadtest voice-ws` (typed turns, 30 % of callers cutting
+# in). Two provider settings: zero latency (the server alone), then a
+# realistic one (LLM first token 300 ms, TTS first byte 150 ms).
+# Usage: scripts/bench-voice.sh [callers…]   (default: 10 50 100)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ $# -gt 0 ]; then callers_list=("$@"); else callers_list=(10 50 100); fi
+turns="${TURNS:-3}"
+cargo build --release -p palaver --bin palaver -p palaver-loadtest --bin palaver-loadtest
+bin=target/release
+work="$(mktemp -d)"
+server_pid=""
+fake_pid=""
+stop() {
+  [ -n "$server_pid" ] && kill -TERM "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
+  [ -n "$fake_pid" ] && kill -TERM "$fake_pid" 2>/dev/null && wait "$fake_pid" 2>/dev/null || true
+  server_pid="" fake_pid=""
+}
+cleanup() {
+  stop
+  rm -rf "$work"
+}
+trap cleanup EXIT
+export PALAVER_SERVER_BIND=127.0.0.1:18081
+export PALAVER_LIMITS_REQUESTS_PER_SECOND=1000000 PALAVER_LIMITS_BURST=1000000
+export PALAVER_LIMITS_MAX_OPEN_SESSIONS_PER_ORG=1000000
+export PALAVER_LOG_LEVEL=warn
+unset DATABASE_URL
+
+# One provider setting: fresh fakes, a fresh server, one run per caller count.
+phase() {
+  local llm_ms="$1" tts_ms="$2" name="$3"
+  rm -f "$work"/palaver.db* "$work"/jwt.key
+  export PALAVER_DATABASE_SQLITE_PATH="$work/palaver.db" PALAVER_AUTH_JWT_SECRET_FILE="$work/jwt.key"
+  $bin/palaver-loadtest fake-providers --bind 127.0.0.1:0 \
+    --llm-delay-ms "$llm_ms" --tts-delay-ms "$tts_ms" >"$work/$name.url" 2>"$work/fake.log" &
+  fake_pid=$!
+  local fake_url=""
+  for _ in $(seq 1 50); do
+    fake_url="$(head -n 1 "$work/$name.url" 2>/dev/null || true)"
+    [ -n "$fake_url" ] && break
+    sleep 0.1
+  done
+  [ -n "$fake_url" ] || { cat "$work/fake.log" >&2; exit 1; }
+  export PALAVER_PROVIDERS_OPENAI_BASE_URL="$fake_url" OPENAI_API_KEY=sk-fake
+  local org key
+  org="$($bin/palaver admin create-org bench 2>/dev/null)"
+  key="$($bin/palaver admin create-key --org "$org" 2>/dev/null)"
+  $bin/palaver serve 2>"$work/server.log" &
+  server_pid=$!
+  for _ in $(seq 1 50); do curl -sf http://127.0.0.1:18081/healthz >/dev/null && break; sleep 0.1; done
+  echo "== $name: fake LLM first byte ${llm_ms} ms, TTS first byte ${tts_ms} ms; $(nproc) cores, server workers = cores"
+  local status=0
+  for callers in "${callers_list[@]}"; do
+    echo "-- $callers callers × $turns turns, 30 % barge-in, ramp 20/s; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+    # Without --assistant-id, voice-ws creates one (openai LLM and TTS).
+    PALAVER_API_KEY="$key" $bin/palaver-loadtest voice-ws --url http://127.0.0.1:18081 \
+      --callers "$callers" --turns "$turns" --barge-in-share 0.3 \
+      --ramp-per-second 20 --max-seconds 120 --server-pid "$server_pid" \
+      --providers-url "$fake_url" --json "${BENCH_JSON_DIR:-$work}/voice-$name-$callers.json" || status=1
+  done
+  if [ "$status" != 0 ]; then
+    echo "-- failures; the server log's tail:" >&2
+    tail -n 20 "$work/server.log" >&2
+  fi
+  stop
+  return "$status"
+}
+
+overall=0
+phase 0 0 zero-latency || overall=1
+phase 300 150 realistic || overall=1
+exit "$overall"
