@@ -152,6 +152,15 @@ pub fn start(state: web::Data<AppState>) -> Result<Running, StartError> {
             .wrap(from_fn(api::extract::authenticate_request))
             .wrap(from_fn(telemetry::observe))
     })
+    // Realtime frames are small: without TCP_NODELAY, Nagle's algorithm
+    // holds each one until the previous is acknowledged (~20-40 ms).
+    .on_connect(|connection, _| {
+        if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>()
+            && let Err(err) = tcp.set_nodelay(true)
+        {
+            tracing::debug!(%err, "could not set TCP_NODELAY");
+        }
+    })
     .workers(workers)
     .shutdown_timeout(state.settings.server.shutdown_timeout_s)
     .disable_signals()

@@ -224,6 +224,10 @@ struct Speaking {
     taken: usize,
     /// The provider finished this chunk.
     complete: bool,
+    /// Audio of this chunk told to the conversation so far, in ms.
+    reported_ms: u64,
+    /// 20 ms frames of this chunk put into the pacer.
+    frames: u64,
 }
 
 pub struct SessionActor {
@@ -446,46 +450,73 @@ impl SessionActor {
     }
 
     /// Moves as much pending TTS audio into the pacer as it has room for.
-    fn fill_pacer(&mut self) {
+    /// When a chunk's last frame is in, the conversation learns the chunk is
+    /// done, with its exact duration in frames (the provider's piece
+    /// durations round down, and the last frame is padded), so a reply is
+    /// finished only when its last frame has gone out. Returns whether the
+    /// conversation was told anything.
+    fn fill_pacer(&mut self) -> bool {
+        let mut told = false;
         while let Some(speaking) = self.speaking.front_mut() {
             let room = self.pacer.free_slots();
             if room == 0 {
-                return;
+                break;
             }
             let pacer = &mut self.pacer;
+            let frames = &mut speaking.frames;
             let taken =
                 speaking
                     .resampler
                     .push(&speaking.pending[speaking.taken..], room, |frame| {
                         // Room was checked; a full pacer drops the frame rather than
                         // growing.
-                        let _ = pacer.push(AudioFrame { samples: *frame });
+                        if pacer.push(AudioFrame { samples: *frame }).is_ok() {
+                            *frames += 1;
+                        }
                     });
             speaking.taken += taken;
             if speaking.taken < speaking.pending.len() {
-                return;
+                break;
             }
             speaking.pending.clear();
             speaking.taken = 0;
-            if !speaking.complete {
-                return;
-            }
-            if speaking.resampler.flush_frames() > self.pacer.free_slots() {
-                return;
+            if !speaking.complete || speaking.resampler.flush_frames() > self.pacer.free_slots() {
+                break;
             }
             let pacer = &mut self.pacer;
+            let frames = &mut speaking.frames;
             speaking.resampler.flush(|frame| {
-                let _ = pacer.push(AudioFrame { samples: *frame });
+                if pacer.push(AudioFrame { samples: *frame }).is_ok() {
+                    *frames += 1;
+                }
             });
+            let chunk = speaking.chunk;
+            let exact_ms = speaking.frames * u64::from(palaver_media::FRAME_MS);
+            let missing_ms = exact_ms.saturating_sub(speaking.reported_ms);
             self.speaking.pop_front();
+            let now = self.now();
+            if missing_ms > 0 {
+                let audio_ms = u32::try_from(missing_ms).unwrap_or(u32::MAX);
+                self.conversation.handle_input(
+                    now,
+                    Input::TtsAudio {
+                        chunk,
+                        audio_ms,
+                        words: None,
+                    },
+                );
+            }
+            self.conversation
+                .handle_input(now, Input::TtsDone { chunk });
+            told = true;
         }
+        told
     }
 
     /// One pacer tick: send what is due, tell the conversation.
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        self.fill_pacer();
+        let mut sent = self.fill_pacer();
         let now = self.now();
-        let mut sent = false;
         while let Some(paced) = self.pacer.poll(now) {
             self.send(ToClient::Audio(paced.frame));
             self.conversation.handle_input(
@@ -722,6 +753,8 @@ impl Handler<TtsItem> for SessionActor {
                             pending: Vec::new(),
                             taken: 0,
                             complete: false,
+                            reported_ms: 0,
+                            frames: 0,
                         }),
                         Err(err) => {
                             tracing::warn!(%err, "TTS audio at an unusable sample rate");
@@ -731,6 +764,7 @@ impl Handler<TtsItem> for SessionActor {
                 }
                 if let Some(speaking) = self.speaking.back_mut() {
                     speaking.pending.extend_from_slice(&audio.samples);
+                    speaking.reported_ms += u64::from(audio_ms);
                 }
                 self.fill_pacer();
                 self.feed(
@@ -744,16 +778,26 @@ impl Handler<TtsItem> for SessionActor {
             }
             Ok(None) => {
                 self.tts_task = None;
-                if let Some(speaking) = self.speaking.iter_mut().find(|s| s.chunk == msg.chunk) {
-                    speaking.complete = true;
+                match self.speaking.iter_mut().find(|s| s.chunk == msg.chunk) {
+                    // Done is told once its last frame is in the pacer.
+                    Some(speaking) => {
+                        speaking.complete = true;
+                        self.fill_pacer();
+                        self.drain(ctx);
+                    }
+                    // No audio at all: nothing to wait for.
+                    None => self.feed(Input::TtsDone { chunk: msg.chunk }, ctx),
                 }
-                self.fill_pacer();
-                self.feed(Input::TtsDone { chunk: msg.chunk }, ctx);
                 self.next_tts(ctx);
             }
             Err(err) => {
                 self.tts_task = None;
                 tracing::warn!(%err, "text to speech failed");
+                // What arrived still plays; the chunks behind it must not wait.
+                if let Some(speaking) = self.speaking.iter_mut().find(|s| s.chunk == msg.chunk) {
+                    speaking.complete = true;
+                }
+                self.fill_pacer();
                 self.feed(
                     Input::TtsFailed {
                         chunk: msg.chunk,
