@@ -766,7 +766,6 @@ impl Handler<TtsItem> for SessionActor {
                     speaking.pending.extend_from_slice(&audio.samples);
                     speaking.reported_ms += u64::from(audio_ms);
                 }
-                self.fill_pacer();
                 self.feed(
                     Input::TtsAudio {
                         chunk: msg.chunk,
@@ -775,6 +774,9 @@ impl Handler<TtsItem> for SessionActor {
                     },
                     ctx,
                 );
+                // Send what is due now rather than at the next tick: the
+                // pacer starts a run at once and keeps 20 ms spacing after.
+                self.tick(ctx);
             }
             Ok(None) => {
                 self.tts_task = None;
