@@ -515,7 +515,8 @@ impl SessionActor {
 
     /// One pacer tick: send what is due, tell the conversation.
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        let mut sent = self.fill_pacer();
+        // Whether the conversation was told anything this tick.
+        let mut told = self.fill_pacer();
         let now = self.now();
         while let Some(paced) = self.pacer.poll(now) {
             self.send(ToClient::Audio(paced.frame));
@@ -525,9 +526,9 @@ impl SessionActor {
                     audio_ms: palaver_media::FRAME_MS,
                 },
             );
-            sent = true;
+            told = true;
         }
-        if sent {
+        if told {
             self.fill_pacer();
             self.drain(ctx);
         }

@@ -221,7 +221,8 @@ pub async fn authenticate_request(
 }
 
 impl Caller {
-    /// The outcome the authentication middleware left for this request.
+    /// The outcome the authentication middleware left for this request (a
+    /// missing `Authorization` header says so).
     pub fn from_request_sync(req: &HttpRequest) -> Result<Caller, ApiError> {
         match req.extensions_mut().remove::<Authenticated>() {
             Some(Authenticated(outcome)) => outcome,
@@ -238,15 +239,7 @@ impl FromRequest for Caller {
     type Future = std::future::Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let outcome = match req.extensions_mut().remove::<Authenticated>() {
-            Some(Authenticated(outcome)) => outcome,
-            // No header: say what is missing.
-            None if !req.headers().contains_key(header::AUTHORIZATION) => Err(missing_credential()),
-            None => Err(ApiError::Internal(
-                "authentication middleware is not installed on this route".into(),
-            )),
-        };
-        std::future::ready(outcome)
+        std::future::ready(Caller::from_request_sync(req))
     }
 }
 
