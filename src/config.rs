@@ -9,7 +9,7 @@
 //! are rejected with a message that says where they came from.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,7 @@ const SECTIONS: &[&str] = &[
     "limits",
     "log",
     "providers",
+    "rtc",
 ];
 
 /// Variables with this prefix belong to the test harness, not to the server.
@@ -61,6 +62,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub log: LogSettings,
     pub providers: ProviderSettings,
+    pub rtc: RtcSettings,
 }
 
 /// The HTTP listener.
@@ -97,6 +99,35 @@ impl ServerSettings {
         match &self.public_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None => format!("http://{}", self.bind),
+        }
+    }
+}
+
+/// WebRTC media: one UDP socket for every caller (ICE-lite, host candidate).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RtcSettings {
+    /// The UDP socket every WebRTC peer's media goes through. Port 0 picks a
+    /// free one; in production fix the port (e.g. `0.0.0.0:3478`) and open
+    /// it in the firewall.
+    pub bind: SocketAddr,
+    /// The address callers reach the socket on, put in the ICE candidate.
+    /// Required when `bind` is a wildcard (`0.0.0.0`) or behind 1:1 NAT.
+    pub public_ip: Option<IpAddr>,
+    /// Opus bitrate of the assistant's voice, in bit/s.
+    pub opus_bitrate_bps: i32,
+    /// libopus complexity 0..=10 for the assistant's voice: CPU against
+    /// quality (0 costs about half of 5).
+    pub opus_complexity: u8,
+}
+
+impl Default for RtcSettings {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            public_ip: None,
+            opus_bitrate_bps: 32_000,
+            opus_complexity: 5,
         }
     }
 }
@@ -429,6 +460,7 @@ fn optional_field(section: &str, field: &str) -> bool {
             | ("providers", "openai_api_key")
             | ("providers", "deepgram_api_key")
             | ("providers", "elevenlabs_api_key")
+            | ("rtc", "public_ip")
     )
 }
 

@@ -36,6 +36,10 @@ pub enum StartError {
     Auth(#[from] crate::auth::KeyFileError),
     #[error("redis: {0}")]
     Redis(String),
+    #[error("webrtc: {0}")]
+    Rtc(#[from] palaver_media::rtc::RtcStartError),
+    #[error("rtc: {0}")]
+    RtcSettings(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -64,7 +68,9 @@ pub async fn prepare(settings: Settings) -> Result<web::Data<AppState>, StartErr
             Some(pool)
         }
     };
+    let rtc = start_rtc(&settings)?;
     Ok(web::Data::new(AppState {
+        rtc,
         limits: RateLimits::new(&settings.limits),
         verified_keys: VerifiedKeys::new(KEY_CACHE_TTL, KEY_CACHE_CAPACITY),
         settings: Arc::new(settings),
@@ -74,6 +80,18 @@ pub async fn prepare(settings: Settings) -> Result<web::Data<AppState>, StartErr
         metrics: telemetry::metrics_handle(),
         live: Default::default(),
     }))
+}
+
+/// The WebRTC endpoint, after checking the encoder settings it will use.
+fn start_rtc(settings: &Settings) -> Result<palaver_media::rtc::RtcEndpoint, StartError> {
+    palaver_media::rtc::CallAudio::new(crate::voice::rtc_encoder(&settings.rtc))
+        .map_err(|e| StartError::RtcSettings(format!("opus_bitrate_bps / opus_complexity: {e}")))?;
+    Ok(palaver_media::rtc::RtcEndpoint::start(
+        palaver_media::rtc::RtcEndpointConfig {
+            bind: settings.rtc.bind,
+            public_ip: settings.rtc.public_ip,
+        },
+    )?)
 }
 
 /// A bound, running server.

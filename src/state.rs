@@ -29,47 +29,78 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Sessions with a caller connected to this node.
     pub live: LiveSessions,
+    /// The UDP endpoint of every WebRTC call on this node.
+    pub rtc: palaver_media::rtc::RtcEndpoint,
 }
 
 /// The session actors running on this node, by session id.
 #[derive(Debug, Default)]
 pub struct LiveSessions {
-    actors: std::sync::Mutex<std::collections::HashMap<SessionId, actix::Addr<SessionActor>>>,
+    actors: std::sync::Mutex<std::collections::HashMap<SessionId, LiveSession>>,
+}
+
+#[derive(Debug)]
+struct LiveSession {
+    actor: actix::Addr<SessionActor>,
+    /// The WebRTC peer carrying the call, for `DELETE …/webrtc/{peer}`.
+    rtc_peer: Option<u64>,
 }
 
 impl LiveSessions {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<SessionId, actix::Addr<SessionActor>>>
-    {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<SessionId, LiveSession>> {
         self.actors
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn insert(&self, id: SessionId, actor: actix::Addr<SessionActor>) {
-        self.lock().insert(id, actor);
-        ::metrics::gauge!("palaver_sessions_live").set(self.lock().len() as f64);
+        let mut live = self.lock();
+        live.insert(
+            id,
+            LiveSession {
+                actor,
+                rtc_peer: None,
+            },
+        );
+        ::metrics::gauge!("palaver_sessions_live").set(live.len() as f64);
+    }
+
+    /// Records the WebRTC peer that carries a live session.
+    pub fn set_rtc_peer(&self, id: SessionId, peer: u64) {
+        if let Some(session) = self.lock().get_mut(&id) {
+            session.rtc_peer = Some(peer);
+        }
     }
 
     pub fn remove(&self, id: SessionId) {
-        self.lock().remove(&id);
-        ::metrics::gauge!("palaver_sessions_live").set(self.lock().len() as f64);
+        let mut live = self.lock();
+        live.remove(&id);
+        ::metrics::gauge!("palaver_sessions_live").set(live.len() as f64);
     }
 
-    /// Hangs up a live session; false when it is not live on this node.
     pub fn hang_up(&self, id: SessionId, reason: EndReason) -> bool {
         match self.lock().get(&id) {
-            Some(actor) => {
-                actor.do_send(Hangup(reason));
+            Some(session) => {
+                session.actor.do_send(Hangup(reason));
                 true
             }
             None => false,
         }
     }
+
+    /// Hangs up the session carried by WebRTC peer `peer`; false when no
+    /// live session has that peer.
+    pub fn hang_up_rtc(&self, id: SessionId, peer: u64) -> bool {
+        match self.lock().get(&id) {
+            Some(session) if session.rtc_peer == Some(peer) => {
+                session.actor.do_send(Hangup(EndReason::Hangup));
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
-/// Who a request is counted against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RateKey {
     ApiKey(ApiKeyId),

@@ -253,3 +253,12 @@ pub fn session_setup(
         },
     ))
 }
+
+/// The Opus encoder settings for the assistant's voice over WebRTC.
+pub fn rtc_encoder(settings: &crate::config::RtcSettings) -> palaver_media::codec::EncoderConfig {
+    palaver_media::codec::EncoderConfig {
+        bitrate_bps: settings.opus_bitrate_bps,
+        complexity: settings.opus_complexity,
+        ..Default::default()
+    }
+}

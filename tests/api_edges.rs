@@ -1360,7 +1360,7 @@ async fn openapi_documents_every_served_route_and_only_served_routes() {
     // Every documented route is served (answered by something other than the
     // unknown-route fallback).
     for (method, path) in &documented {
-        let concrete = path.replace("{id}", "1");
+        let concrete = path.replace("{id}", "1").replace("{peer}", "1");
         assert!(
             !concrete.contains('{'),
             "unexpected path parameter in {path}"
@@ -1397,6 +1397,9 @@ async fn openapi_documents_every_served_route_and_only_served_routes() {
         ("POST", "/v1/auth/refresh"),
         // Authenticated, but a WebSocket upgrade: covered by tests/voice_ws.rs.
         ("GET", "/v1/sessions/{id}/ws"),
+        // Authenticated, but SDP rather than JSON: covered by tests/voice_rtc.rs.
+        ("POST", "/v1/sessions/{id}/webrtc"),
+        ("DELETE", "/v1/sessions/{id}/webrtc/{peer}"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_owned(), p.to_owned()))

@@ -6,145 +6,15 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::web;
 use awc::ws::{Frame, Message};
 use common::TestServer;
+use common::voice::{Call, HEARD, MS_PER_CHAR, call, spoken, wait_messages};
 use futures_util::{SinkExt, StreamExt};
-use palaver::config::Secret;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-/// Audio the fake voice makes per character of text.
-const MS_PER_CHAR: usize = 40;
-
-#[derive(Default)]
-struct Fake {
-    /// Request bodies of chat completions, in order.
-    chats: Mutex<Vec<Value>>,
-    /// Replies to give, in order; the last one repeats.
-    replies: Mutex<Vec<Result<String, u16>>>,
-    /// Sizes of the audio uploads received for transcription.
-    uploads: Mutex<Vec<usize>>,
-}
-
-/// What the fake recognizer "hears" in every upload.
-const HEARD: &str = "What time is it?";
-
-async fn transcribe(fake: web::Data<Fake>, body: web::Bytes) -> HttpResponse {
-    let wav_at = body.windows(4).position(|w| w == b"RIFF");
-    let is_wav = wav_at.is_some_and(|at| body.get(at + 8..at + 12) == Some(b"WAVE".as_slice()));
-    if !is_wav {
-        return HttpResponse::BadRequest()
-            .json(json!({"error": {"message": "no WAV in the upload"}}));
-    }
-    fake.uploads.lock().unwrap().push(body.len());
-    HttpResponse::Ok().json(json!({"text": HEARD}))
-}
-
-async fn chat(fake: web::Data<Fake>, body: web::Json<Value>) -> HttpResponse {
-    let index = {
-        let mut chats = fake.chats.lock().unwrap();
-        chats.push(body.into_inner());
-        chats.len() - 1
-    };
-    let reply = {
-        let replies = fake.replies.lock().unwrap();
-        replies.get(index).or(replies.last()).cloned().unwrap()
-    };
-    match reply {
-        Err(status) => HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
-            .json(json!({"error": {"message": "the fake model is down"}})),
-        Ok(text) => {
-            let mut sse = String::new();
-            for word in text.split_inclusive(' ') {
-                let chunk = json!({"choices": [{"index": 0, "delta": {"content": word}}]});
-                sse.push_str(&format!("data: {chunk}\n\n"));
-            }
-            sse.push_str(
-                "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
-            );
-            sse.push_str("data: [DONE]\n\n");
-            HttpResponse::Ok()
-                .content_type("text/event-stream")
-                .body(sse)
-        }
-    }
-}
-
-async fn speech(body: web::Json<Value>) -> HttpResponse {
-    let text = body["input"].as_str().unwrap_or_default();
-    let samples = text.chars().count() * MS_PER_CHAR * 24; // 24 kHz
-    let mut pcm = Vec::with_capacity(samples * 2);
-    for i in 0..samples {
-        let s = ((i as f32 * 0.05).sin() * 8000.0) as i16;
-        pcm.extend_from_slice(&s.to_le_bytes());
-    }
-    HttpResponse::Ok()
-        .content_type("application/octet-stream")
-        .body(pcm)
-}
-
-async fn start_fake(replies: Vec<Result<String, u16>>) -> (String, Arc<web::Data<Fake>>) {
-    let fake = web::Data::new(Fake {
-        replies: Mutex::new(replies),
-        ..Fake::default()
-    });
-    let data = fake.clone();
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .route("/v1/chat/completions", web::post().to(chat))
-            .route("/v1/audio/speech", web::post().to(speech))
-            .route("/v1/audio/transcriptions", web::post().to(transcribe))
-    })
-    .workers(1)
-    .bind("127.0.0.1:0")
-    .unwrap();
-    let addr = server.addrs()[0];
-    actix_web::rt::spawn(server.run());
-    (format!("http://{addr}/v1"), Arc::new(fake))
-}
-
-struct Call {
-    server: TestServer,
-    fake: Arc<web::Data<Fake>>,
-    key: String,
-    session: i64,
-    token: String,
-}
-
-async fn call(replies: Vec<Result<String, u16>>, assistant: Value) -> Call {
-    let (fake_url, fake) = start_fake(replies).await;
-    let server = TestServer::start_with(|s| {
-        s.providers.openai_base_url = fake_url.clone();
-        s.providers.openai_api_key = Some(Secret::new("sk-test"));
-    })
-    .await;
-    let tenant = server.tenant("acme").await;
-    let mut body = json!({
-        "name": "Front desk",
-        "llm": {"provider": "openai", "model": "fake-1"},
-        "tts": {"provider": "openai", "voice_id": "alloy"},
-    });
-    body.as_object_mut()
-        .unwrap()
-        .extend(assistant.as_object().unwrap().clone());
-    let (status, created) = server.post("/v1/assistants", &tenant.key, body).await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
-    let (session, token) = server
-        .session(&tenant.key, created["id"].as_i64().unwrap())
-        .await;
-    Call {
-        server,
-        fake,
-        key: tenant.key,
-        session,
-        token,
-    }
-}
 
 type Socket = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
 
@@ -228,31 +98,6 @@ async fn ensure(socket: &mut Socket, seen: &mut Seen, kind: &str) {
 async fn say(socket: &mut Socket, text: &str) {
     let message = json!({"type": "user-message", "text": text}).to_string();
     socket.send(Message::Text(message.into())).await.unwrap();
-}
-
-async fn messages(call: &Call) -> Vec<Value> {
-    let (status, body) = call
-        .server
-        .get(
-            &format!("/v1/sessions/{}/messages?limit=100", call.session),
-            &call.key,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["data"].as_array().unwrap().clone()
-}
-
-/// Stored messages are written by the actor as the turn happens; wait for
-/// `n` of them (bounded).
-async fn wait_messages(call: &Call, n: usize) -> Vec<Value> {
-    for _ in 0..200 {
-        let stored = messages(call).await;
-        if stored.len() >= n {
-            return stored;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("fewer than {n} stored messages: {:?}", messages(call).await);
 }
 
 #[actix_web::test]
@@ -570,26 +415,6 @@ async fn ending_a_live_session_through_the_api_hangs_up_the_call() {
         .get(&format!("/v1/sessions/{}", call.session), &call.key)
         .await;
     assert_eq!(session["end_reason"], "ended-by-api");
-}
-
-/// A phrase spoken by espeak-ng (installed by `make test`), as 16 kHz
-/// frames, followed by a second of silence.
-fn spoken(phrase: &str) -> Vec<palaver_media::AudioFrame> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("phrase.wav");
-    let status = std::process::Command::new("espeak-ng")
-        .args(["-v", "en-us", "-s", "160", "-w"])
-        .arg(&path)
-        .arg(phrase)
-        .status()
-        .expect("espeak-ng must be installed (make test installs it)");
-    assert!(status.success());
-    let mut frames = palaver_media::wav::read_frames_16k(&path).unwrap();
-    frames.extend(std::iter::repeat_n(
-        palaver_media::AudioFrame::silence(),
-        50,
-    ));
-    frames
 }
 
 /// Streams frames in real time, as a caller's microphone would, while

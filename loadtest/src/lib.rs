@@ -19,4 +19,5 @@ pub mod fake_providers;
 pub mod report;
 pub mod resources;
 pub mod rest;
+pub mod rtc_caller;
 pub mod voice_ws;

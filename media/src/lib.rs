@@ -30,6 +30,7 @@ pub mod jitter;
 pub mod pacer;
 pub mod pipeline;
 pub mod resample;
+pub mod rtc;
 pub mod vad;
 pub mod wav;
 

@@ -271,15 +271,7 @@ impl FromRequest for PeerLimited {
 pub struct ValidJson<T>(pub T);
 
 fn is_json(req: &HttpRequest) -> bool {
-    req.headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|mime| {
-            let mime = mime.trim().to_ascii_lowercase();
-            mime == "application/json" || mime.ends_with("+json")
-        })
-        .unwrap_or(false)
+    content_type(req).is_some_and(|mime| mime == "application/json" || mime.ends_with("+json"))
 }
 
 impl<T: DeserializeOwned + 'static> FromRequest for ValidJson<T> {
@@ -287,40 +279,108 @@ impl<T: DeserializeOwned + 'static> FromRequest for ValidJson<T> {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req
-            .app_data::<Data<AppState>>()
-            .map(|s| s.settings.server.body_limit_bytes)
-            .unwrap_or(256 * 1024);
+        let body = LimitedBody::new(req, payload);
         let json = is_json(req);
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        let mut payload = payload.take();
         Box::pin(async move {
-            if declared.is_some_and(|len| len > limit) {
-                return Err(ApiError::PayloadTooLarge(limit));
-            }
+            body.check_declared()?;
             if !json {
                 return Err(ApiError::UnsupportedMediaType(
                     "expected `Content-Type: application/json`".into(),
                 ));
             }
-            let mut body = BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| ApiError::BadRequest {
-                    code: "invalid_body",
-                    message: format!("could not read the request body: {e}"),
-                    field: None,
-                })?;
-                if body.len() + chunk.len() > limit {
-                    return Err(ApiError::PayloadTooLarge(limit));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            parse_json(&body).map(ValidJson)
+            parse_json(&body.read().await?).map(ValidJson)
         })
+    }
+}
+
+/// An SDP body (`Content-Type: application/sdp`), at most
+/// `server.body_limit_bytes`, as text.
+#[derive(Debug)]
+pub struct SdpBody(pub String);
+
+impl FromRequest for SdpBody {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let body = LimitedBody::new(req, payload);
+        let sdp = content_type(req).is_some_and(|mime| mime == "application/sdp");
+        Box::pin(async move {
+            body.check_declared()?;
+            if !sdp {
+                return Err(ApiError::UnsupportedMediaType(
+                    "expected `Content-Type: application/sdp` with the SDP offer as the body"
+                        .into(),
+                ));
+            }
+            let bytes = body.read().await?;
+            String::from_utf8(bytes.to_vec())
+                .map(SdpBody)
+                .map_err(|_| ApiError::BadRequest {
+                    code: "invalid_sdp",
+                    message: "the SDP offer is not UTF-8 text".into(),
+                    field: None,
+                })
+        })
+    }
+}
+
+/// The request's media type, lower-cased, without parameters.
+fn content_type(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|mime| mime.trim().to_ascii_lowercase())
+}
+
+/// A request body read up to `server.body_limit_bytes` (413 beyond).
+struct LimitedBody {
+    payload: Payload,
+    declared: Option<usize>,
+    limit: usize,
+}
+
+impl LimitedBody {
+    fn new(req: &HttpRequest, payload: &mut Payload) -> Self {
+        let limit = req
+            .app_data::<Data<AppState>>()
+            .map(|s| s.settings.server.body_limit_bytes)
+            .unwrap_or(256 * 1024);
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        Self {
+            payload: payload.take(),
+            declared,
+            limit,
+        }
+    }
+
+    /// 413 at once when `Content-Length` is over the limit.
+    fn check_declared(&self) -> Result<(), ApiError> {
+        if self.declared.is_some_and(|len| len > self.limit) {
+            return Err(ApiError::PayloadTooLarge(self.limit));
+        }
+        Ok(())
+    }
+
+    async fn read(mut self) -> Result<BytesMut, ApiError> {
+        let mut body = BytesMut::new();
+        while let Some(chunk) = self.payload.next().await {
+            let chunk = chunk.map_err(|e| ApiError::BadRequest {
+                code: "invalid_body",
+                message: format!("could not read the request body: {e}"),
+                field: None,
+            })?;
+            if body.len() + chunk.len() > self.limit {
+                return Err(ApiError::PayloadTooLarge(self.limit));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 }
 

@@ -6,8 +6,10 @@ pub mod api_keys;
 pub mod assistants;
 pub mod error;
 pub mod extract;
+pub mod live;
 pub mod ops;
 pub mod orgs;
+pub mod session_rtc;
 pub mod session_ws;
 pub mod sessions;
 pub mod users;
@@ -203,6 +205,7 @@ pub fn configure(cfg: &mut ServiceConfig<'_>) {
                 .configure(orgs::configure)
                 .configure(assistants::configure)
                 .configure(sessions::configure)
-                .configure(session_ws::configure),
+                .configure(session_ws::configure)
+                .configure(session_rtc::configure),
         );
 }

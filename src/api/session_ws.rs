@@ -10,32 +10,28 @@
 
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Addr};
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
 use futures_util::StreamExt;
-use palaver_actors::conversation::{EndReason, Event};
-use palaver_actors::session::{CallerAudio, Hangup, SessionActor, ToClient, UserText};
+use palaver_actors::conversation::EndReason;
+use palaver_actors::session::{CallerAudio, Hangup, ToClient};
 use palaver_media::AudioFrame;
 use serde::Deserialize;
-use serde_json::{Value, json};
 use utoipa::IntoParams;
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::error::{ApiError, ErrorBody, not_found};
+use super::error::{ApiError, ErrorBody};
 use super::extract::{self, Caller};
-use super::sessions::visible_session;
+use super::live::{
+    Joined, Joining, client_text, error_frame, event_frames, hearing_frame, hello_frames,
+};
 use crate::ids::SessionId;
 use crate::model::Transport;
 use crate::state::AppState;
-use crate::store;
-use crate::voice::{self, DbSessionStore};
 
 /// How often the server pings; a client silent for `CLIENT_TIMEOUT` is gone.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Messages queued for a client that reads slowly (about 5 s of audio).
-const CLIENT_QUEUE: usize = 256;
 /// Largest client text frame.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
@@ -52,14 +48,6 @@ pub struct WsQuery {
     pub token: Option<String>,
     /// `false` for a text-only session: replies come as text, no audio.
     pub audio: Option<bool>,
-}
-
-/// A client text frame.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
-enum ClientMessage {
-    UserMessage { text: String },
-    EndSession,
 }
 
 #[utoipa::path(
@@ -91,144 +79,62 @@ async fn session_ws(
         (Err(err), None) => return Err(err),
     };
     let id = SessionId(*id);
-    let session = visible_session(&state, &caller, id).await?;
-    let org = caller.org;
-    let assistant_id = session.assistant_id;
-    let assistant = state
-        .db
-        .run(move |c| store::assistants::get(c, org, assistant_id))
-        .await
-        .map_err(not_found("assistant", assistant_id))?;
-
-    let (client_tx, client_rx) = tokio::sync::mpsc::channel(CLIENT_QUEUE);
-    let connected_at = store::now();
-    let session_store = DbSessionStore {
-        db: state.db.clone(),
-        org,
-        session: id,
-        connected_at,
-    };
     let speak = query.audio.unwrap_or(true);
-    let (setup, degraded) = voice::session_setup(
-        &state.settings,
-        &assistant.settings,
-        speak,
-        std::sync::Arc::new(session_store),
-        client_tx,
-    )
-    .map_err(|err| {
-        ApiError::Unavailable(format!(
-            "the assistant's language model (`{}`) cannot be used: {err}",
-            assistant.settings.llm_provider
-        ))
-    })?;
-    state
-        .db
-        .run(move |c| store::sessions::activate(c, org, id, Transport::Websocket))
-        .await?;
-
+    let joining = Joining::prepare(&state, &caller, id, speak).await?;
+    // The handshake is checked before the session is used up.
     let (response, socket, stream) =
         actix_ws::handle(&req, body).map_err(|e| ApiError::BadRequest {
             code: "not_a_websocket",
             message: e.to_string(),
             field: None,
         })?;
+    let org = joining.org;
+    let joined = joining.start(&state, Transport::Websocket).await?;
     let stream = stream
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .aggregate_continuations();
-    let actor = SessionActor::new(setup).start();
-    state.live.insert(id, actor.clone());
     tracing::info!(session = %id, org = %org, audio = speak, "session joined over WebSocket");
     let live = state.clone();
     actix_web::rt::spawn(async move {
-        run_socket(id, socket, stream, client_rx, actor, degraded).await;
+        run_socket(id, socket, stream, joined).await;
         live.live.remove(id);
     });
     Ok(response)
-}
-
-/// The JSON text frame for a session event.
-pub fn event_json(event: &Event) -> Value {
-    match event {
-        Event::TranscriptPartial { text } => json!({"type": "transcript.partial", "text": text}),
-        Event::TranscriptFinal { text } => json!({"type": "transcript.final", "text": text}),
-        Event::AssistantDelta { text } => json!({"type": "assistant.delta", "text": text}),
-        Event::AssistantSpeaking => json!({"type": "assistant.speaking"}),
-        Event::AssistantInterrupted { heard_text } => {
-            json!({"type": "assistant.interrupted", "heard_text": heard_text})
-        }
-        Event::AssistantDone { text } => json!({"type": "assistant.done", "text": text}),
-        Event::TurnMetrics { latency } => json!({
-            "type": "turn.metrics",
-            "transcript_ms": latency.transcript_ms,
-            "first_token_ms": latency.first_token_ms,
-            "first_audio_ms": latency.first_audio_ms,
-            "voice_to_voice_ms": latency.voice_to_voice_ms,
-        }),
-        Event::BargeIn {
-            onset_to_decision_ms,
-        } => {
-            json!({"type": "barge-in", "onset_to_decision_ms": onset_to_decision_ms})
-        }
-        Event::Error { code, message } => {
-            json!({"type": "error", "code": code, "message": message})
-        }
-        Event::SessionEnded { reason } => {
-            json!({"type": "session.ended", "reason": reason.as_str()})
-        }
-        other => json!({"type": "unknown", "debug": format!("{other:?}")}),
-    }
-}
-
-fn error_frame(code: &str, message: impl Into<String>) -> String {
-    json!({"type": "error", "code": code, "message": message.into()}).to_string()
 }
 
 async fn run_socket(
     id: SessionId,
     mut socket: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
-    mut from_actor: tokio::sync::mpsc::Receiver<ToClient>,
-    actor: Addr<SessionActor>,
-    degraded: voice::Degraded,
+    joined: Joined,
 ) {
+    let Joined {
+        actor,
+        mut from_actor,
+        degraded,
+    } = joined;
     let mut last_heard = Instant::now();
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     let mut audio_input_reported = false;
     let mut pcm = [0u8; AudioFrame::BYTES];
-    let _ = socket
-        .text(json!({"type": "connected", "session_id": id}).to_string())
-        .await;
-    let _ = socket
-        .text(json!({"type": "session.started"}).to_string())
-        .await;
-    let hears = degraded.hearing.is_none();
-    if let Some(err) = &degraded.voice {
-        let _ = socket
-            .text(error_frame(
-                err.code(),
-                format!("replies come as text only: {err}"),
-            ))
-            .await;
+    for frame in hello_frames(id, &degraded) {
+        let _ = socket.text(frame).await;
     }
+    let hears = degraded.hearing.is_none();
     let close = loop {
         tokio::select! {
             outgoing = from_actor.recv() => match outgoing {
                 Some(ToClient::Event(event)) => {
-                    voice::record_event_metrics(&event);
-                    let ended = matches!(event, Event::SessionEnded { .. });
-                    let done_text = match &event {
-                        Event::AssistantDone { text } => Some(text.clone()),
-                        _ => None,
-                    };
-                    if socket.text(event_json(&event).to_string()).await.is_err() {
+                    let frames = event_frames(&event);
+                    let ends = frames.ends;
+                    let mut sent = true;
+                    for frame in frames.into_frames() {
+                        sent = sent && socket.text(frame).await.is_ok();
+                    }
+                    if !sent {
                         break None;
                     }
-                    if let Some(text) = done_text {
-                        let _ = socket.text(json!({"type": "assistant-message", "text": text}).to_string()).await;
-                    }
-                    if ended {
-                        let _ = socket.text(json!({"type": "session-ended"}).to_string()).await;
+                    if ends {
                         break Some(CloseReason { code: CloseCode::Normal, description: None });
                     }
                 }
@@ -244,15 +150,11 @@ async fn run_socket(
             incoming = stream.next() => {
                 last_heard = Instant::now();
                 match incoming {
-                    Some(Ok(AggregatedMessage::Text(text))) => match serde_json::from_str::<ClientMessage>(&text) {
-                        Ok(ClientMessage::UserMessage { text }) => actor.do_send(UserText(text)),
-                        Ok(ClientMessage::EndSession) => actor.do_send(Hangup(EndReason::EndSession)),
-                        Err(err) => {
-                            let _ = socket.text(error_frame("invalid_message", format!(
-                                "expected {{\"type\":\"user-message\",\"text\":…}} or {{\"type\":\"end-session\"}}: {err}"
-                            ))).await;
+                    Some(Ok(AggregatedMessage::Text(text))) => {
+                        if let Some(reply) = client_text(&text, &actor) {
+                            let _ = socket.text(reply).await;
                         }
-                    },
+                    }
                     Some(Ok(AggregatedMessage::Binary(bytes))) => {
                         let reply = if bytes.len() != AudioFrame::BYTES {
                             Some(error_frame("wrong_frame_size", format!(
@@ -267,11 +169,7 @@ async fn run_socket(
                             None
                         } else if !audio_input_reported {
                             audio_input_reported = true;
-                            let why = degraded.hearing.as_ref().map(ToString::to_string).unwrap_or_default();
-                            Some(error_frame(
-                                "audio_input_unavailable",
-                                format!("caller audio cannot be transcribed ({why}); send user-message text"),
-                            ))
+                            hearing_frame(&degraded)
                         } else {
                             None
                         };

@@ -19,6 +19,8 @@ use palaver::store;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+pub mod voice;
+
 pub const JWT_SECRET: &str = "palaver-test-secret-0123456789abcdef";
 
 /// Database settings for one test: a new Postgres database when the suite
