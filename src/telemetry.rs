@@ -93,6 +93,26 @@ fn describe() {
         "palaver_db_pool_connections",
         "Database pool connections by state"
     );
+    metrics::describe_gauge!(
+        "palaver_rtc_peers",
+        "WebRTC peers on this node's UDP socket"
+    );
+    metrics::describe_counter!(
+        "palaver_rtc_datagrams_total",
+        "UDP datagrams through the WebRTC socket, by direction"
+    );
+    metrics::describe_counter!(
+        "palaver_rtc_datagrams_unrouted_total",
+        "Datagrams no WebRTC peer accepted (stray or from a peer already gone)"
+    );
+    metrics::describe_counter!(
+        "palaver_rtc_send_errors_total",
+        "Datagrams the WebRTC socket could not send (buffer full)"
+    );
+    metrics::describe_counter!(
+        "palaver_rtc_audio_dropped_total",
+        "Caller audio packets dropped because a session task fell behind"
+    );
 }
 
 fn request_id(req: &ServiceRequest) -> String {

@@ -150,6 +150,22 @@ async fn a_typed_turn_over_webrtc_is_spoken_back_as_opus_and_stored() {
     assert_eq!(session["transport"], "webrtc");
     assert_eq!(session["status"], "active");
 
+    // The node's WebRTC socket shows in /metrics.
+    let metrics = reqwest::get(call.server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let datagrams_in = metrics
+        .lines()
+        .find(|l| l.starts_with("palaver_rtc_datagrams_total{direction=\"in\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no inbound datagram counter in /metrics:\n{metrics}"));
+    assert!(datagrams_in > 0.0);
+    assert!(metrics.contains("palaver_rtc_peers"), "{metrics}");
+
     // Hanging up through the Location ends the session.
     caller.hangup().await.expect("hang up");
     let ended = wait_ended(&call).await;

@@ -13,6 +13,8 @@ use awc::ws::{Frame, Message};
 use common::TestServer;
 use common::voice::{Call, HEARD, MS_PER_CHAR, call, spoken, wait_messages};
 use futures_util::{SinkExt, StreamExt};
+use palaver_media::codec::{EncoderConfig, OpusDecoder};
+use palaver_media::rtc::CallAudio;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -39,6 +41,10 @@ struct Seen {
     audio_frames: usize,
     /// Audio frames received before each event.
     frames_before: Vec<usize>,
+    /// Set once the client asked for Opus: every binary frame must decode.
+    opus: Option<OpusDecoder>,
+    /// Loudest decoded Opus frame (RMS, 0 to 1).
+    loudest: f32,
 }
 
 impl Seen {
@@ -62,29 +68,47 @@ impl Seen {
 /// Reads until an event of type `until` (or the socket closes).
 async fn read_until(socket: &mut Socket, seen: &mut Seen, until: &str) {
     loop {
-        let frame = tokio::time::timeout(Duration::from_secs(20), socket.next())
+        let read = tokio::time::timeout(Duration::from_secs(20), read_next(socket, seen))
             .await
             .unwrap_or_else(|_| panic!("no `{until}` within 20 s; saw {:?}", seen.types()));
-        match frame {
-            Some(Ok(Frame::Text(bytes))) => {
-                let event: Value = serde_json::from_slice(&bytes).unwrap();
-                let done = event["type"] == until;
-                seen.events.push(event);
-                seen.frames_before.push(seen.audio_frames);
-                if done {
-                    return;
+        match read {
+            Some(kind) if kind == until => return,
+            Some(_) => {}
+            None => panic!("closed before `{until}`; saw {:?}", seen.types()),
+        }
+    }
+}
+
+/// Reads one frame into `seen`: `Some(type)` for an event, `Some("")` for
+/// anything else, `None` when the socket closed.
+async fn read_next(socket: &mut Socket, seen: &mut Seen) -> Option<String> {
+    match socket.next().await {
+        Some(Ok(Frame::Text(bytes))) => {
+            let event: Value = serde_json::from_slice(&bytes).unwrap();
+            let kind = event["type"].as_str().unwrap_or_default().to_owned();
+            seen.events.push(event);
+            seen.frames_before.push(seen.audio_frames);
+            Some(kind)
+        }
+        Some(Ok(Frame::Binary(bytes))) => {
+            match &mut seen.opus {
+                None => assert_eq!(bytes.len(), 640, "20 ms of 16 kHz PCM16"),
+                Some(decoder) => {
+                    let mut pcm = [0i16; 960];
+                    decoder
+                        .decode(&bytes, &mut pcm)
+                        .expect("a 20 ms Opus packet");
+                    let energy: f64 = pcm.iter().map(|&s| f64::from(s).powi(2)).sum();
+                    let rms = ((energy / 960.0).sqrt() / 32768.0) as f32;
+                    seen.loudest = seen.loudest.max(rms);
                 }
             }
-            Some(Ok(Frame::Binary(bytes))) => {
-                assert_eq!(bytes.len(), 640, "20 ms of 16 kHz PCM16");
-                seen.audio_frames += 1;
-            }
-            Some(Ok(Frame::Close(_))) | None => {
-                panic!("closed before `{until}`; saw {:?}", seen.types())
-            }
-            Some(Ok(_)) => {}
-            Some(Err(err)) => panic!("websocket error: {err}"),
+            seen.audio_frames += 1;
+            Some(String::new())
         }
+        Some(Ok(Frame::Close(_))) | None => None,
+        Some(Ok(_)) => Some(String::new()),
+        Some(Err(err)) => panic!("websocket error: {err}"),
     }
 }
 
@@ -557,4 +581,56 @@ async fn an_assistant_on_local_models_is_refused_with_the_reason() {
         .get(&format!("/v1/sessions/{session}"), &tenant.key)
         .await;
     assert_eq!(row["status"], "created");
+}
+
+#[actix_web::test]
+async fn opus_over_websocket_when_the_client_asks_for_it() {
+    let call = call(
+        vec![Ok("It is noon.".into())],
+        json!({"stt": {"provider": "openai"}}),
+    )
+    .await;
+    let mut socket = connect(&call, "").await;
+    let mut seen = Seen::default();
+    read_until(&mut socket, &mut seen, "session.started").await;
+    let ask = json!({"type": "audio-format", "encoding": "opus"}).to_string();
+    socket.send(Message::Text(ask.into())).await.unwrap();
+    read_until(&mut socket, &mut seen, "audio-format").await;
+    let confirmed = seen.first("audio-format").unwrap().clone();
+    assert_eq!(confirmed["encoding"], "opus", "{confirmed}");
+    assert_eq!(confirmed["sample_rate"], 48_000);
+    seen.opus = Some(OpusDecoder::new().unwrap());
+
+    // The caller's speech goes up as Opus, one packet per 20 ms.
+    let mut encoder = CallAudio::new(EncoderConfig::default()).unwrap();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for frame in spoken("what time is it") {
+        tick.tick().await;
+        let packet = encoder.encode(&frame).unwrap().to_vec();
+        socket
+            .send(Message::Binary(web::Bytes::from(packet)))
+            .await
+            .unwrap();
+    }
+    read_until(&mut socket, &mut seen, "assistant.done").await;
+    assert_eq!(seen.first("transcript.final").unwrap()["text"], HEARD);
+    let uploads = call.fake.uploads.lock().unwrap().clone();
+    assert!(uploads[0] > 16_000, "{} bytes uploaded", uploads[0]);
+    // And the reply comes down as Opus that decodes to the fake voice.
+    // "It is noon." is 11 characters of 40 ms: 22 frames.
+    while seen.audio_frames < 20 {
+        tokio::time::timeout(Duration::from_secs(20), read_next(&mut socket, &mut seen))
+            .await
+            .expect("audio within 20 s")
+            .expect("open socket");
+    }
+    assert!(seen.loudest > 0.1, "loudest decoded frame {}", seen.loudest);
+
+    // A frame that is not Opus gets an error and the session goes on.
+    socket
+        .send(Message::Binary(web::Bytes::from_static(&[])))
+        .await
+        .unwrap();
+    read_until(&mut socket, &mut seen, "error").await;
+    assert_eq!(seen.first("error").unwrap()["code"], "invalid_opus");
 }

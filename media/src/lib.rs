@@ -18,11 +18,13 @@
 //!   VAD) and [`OutboundPath`] (TTS PCM -> 48 kHz -> pacer -> Opus), on
 //!   preallocated buffers.
 //! - [`wav`]: WAV files to and from mono PCM16, and to 16 kHz frames.
+//! - [`rtc`]: the WebRTC endpoint (str0m: ICE-lite, DTLS, SRTP, SCTP) on one
+//!   UDP socket for every peer, and `CallAudio`, a call's Opus codecs.
 //!
-//! Everything here is sans-IO and synchronous: time is an argument, there
-//! are no sockets, tasks or clocks. The WebRTC endpoint (RTP, ICE, DTLS)
-//! joins with the realtime voice work. This crate knows nothing of
-//! sessions, HTTP or storage; `palaver-actors` builds on it.
+//! Everything but [`rtc`] is sans-IO and synchronous: time is an argument,
+//! there are no sockets, tasks or clocks; the endpoint runs str0m (itself
+//! sans-IO) on its own thread. This crate knows nothing of sessions, HTTP or
+//! storage; `palaver-actors` builds on it.
 
 pub mod codec;
 pub mod frame;

@@ -93,6 +93,18 @@ pub async fn prometheus_metrics(state: web::Data<AppState>) -> HttpResponse {
     let (open, idle) = state.db.pool_state();
     ::metrics::gauge!("palaver_db_pool_connections", "state" => "open").set(f64::from(open));
     ::metrics::gauge!("palaver_db_pool_connections", "state" => "idle").set(f64::from(idle));
+    let rtc = state.rtc.stats();
+    let read =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    ::metrics::gauge!("palaver_rtc_peers").set(read(&rtc.peers) as f64);
+    ::metrics::counter!("palaver_rtc_datagrams_total", "direction" => "in")
+        .absolute(read(&rtc.datagrams_in));
+    ::metrics::counter!("palaver_rtc_datagrams_total", "direction" => "out")
+        .absolute(read(&rtc.datagrams_out));
+    ::metrics::counter!("palaver_rtc_datagrams_unrouted_total")
+        .absolute(read(&rtc.datagrams_unrouted));
+    ::metrics::counter!("palaver_rtc_send_errors_total").absolute(read(&rtc.send_errors));
+    ::metrics::counter!("palaver_rtc_audio_dropped_total").absolute(read(&rtc.audio_dropped));
     match state.db.run(store::sessions::count_active).await {
         Ok(active) => ::metrics::gauge!("palaver_sessions_active").set(active as f64),
         Err(err) => tracing::warn!(%err, "could not count active sessions for /metrics"),

@@ -5,18 +5,27 @@
 //! events (`session.started`, `transcript.final`, `assistant.delta`,
 //! `assistant.speaking`, `assistant.interrupted`, `assistant.done`,
 //! `turn.metrics`, `error`, `session.ended`), `assistant-message` and
-//! `session-ended`. Binary frames from the server are 20 ms of assistant
-//! audio, 16 kHz mono PCM16 little-endian (640 bytes).
+//! `session-ended`.
+//!
+//! Binary frames are 20 ms of audio both ways: by default 16 kHz mono PCM16
+//! little-endian (640 bytes). A client that sends
+//! `{"type":"audio-format","encoding":"opus"}` (best as its first message)
+//! switches both directions to one Opus packet (48 kHz clock, mono) per
+//! frame from then on; the server confirms with an `audio-format` event.
 
 use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
+use bytes::BytesMut;
 use futures_util::StreamExt;
 use palaver_actors::conversation::EndReason;
 use palaver_actors::session::{CallerAudio, Hangup, ToClient};
 use palaver_media::AudioFrame;
+use palaver_media::codec::{EncoderConfig, MAX_PACKET_BYTES};
+use palaver_media::rtc::CallAudio;
 use serde::Deserialize;
+use serde_json::json;
 use utoipa::IntoParams;
 use utoipa_actix_web::service_config::ServiceConfig;
 
@@ -28,6 +37,7 @@ use super::live::{
 use crate::ids::SessionId;
 use crate::model::Transport;
 use crate::state::AppState;
+use crate::voice;
 
 /// How often the server pings; a client silent for `CLIENT_TIMEOUT` is gone.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
@@ -94,9 +104,10 @@ async fn session_ws(
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .aggregate_continuations();
     tracing::info!(session = %id, org = %org, audio = speak, "session joined over WebSocket");
+    let encoder = voice::rtc_encoder(&state.settings.rtc);
     let live = state.clone();
     actix_web::rt::spawn(async move {
-        run_socket(id, socket, stream, joined).await;
+        run_socket(id, socket, stream, joined, encoder).await;
         live.live.remove(id);
     });
     Ok(response)
@@ -107,6 +118,7 @@ async fn run_socket(
     mut socket: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
     joined: Joined,
+    encoder: EncoderConfig,
 ) {
     let Joined {
         actor,
@@ -116,7 +128,7 @@ async fn run_socket(
     let mut last_heard = Instant::now();
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     let mut audio_input_reported = false;
-    let mut pcm = [0u8; AudioFrame::BYTES];
+    let mut audio = WsAudio::new(encoder);
     for frame in hello_frames(id, &degraded) {
         let _ = socket.text(frame).await;
     }
@@ -138,12 +150,14 @@ async fn run_socket(
                         break Some(CloseReason { code: CloseCode::Normal, description: None });
                     }
                 }
-                Some(ToClient::Audio(frame)) => {
-                    frame.write_le_bytes(&mut pcm);
-                    if socket.binary(web::Bytes::copy_from_slice(&pcm)).await.is_err() {
-                        break None;
+                Some(ToClient::Audio(frame)) => match audio.outgoing(&frame) {
+                    Some(bytes) => {
+                        if socket.binary(bytes).await.is_err() {
+                            break None;
+                        }
                     }
-                }
+                    None => tracing::debug!(session = %id, "an outbound frame did not encode"),
+                },
                 // The actor stopped.
                 None => break Some(CloseReason { code: CloseCode::Normal, description: None }),
             },
@@ -151,27 +165,28 @@ async fn run_socket(
                 last_heard = Instant::now();
                 match incoming {
                     Some(Ok(AggregatedMessage::Text(text))) => {
-                        if let Some(reply) = client_text(&text, &actor) {
+                        let reply = match audio_format_request(&text) {
+                            Some(encoding) => Some(audio.switch(encoding)),
+                            None => client_text(&text, &actor),
+                        };
+                        if let Some(reply) = reply {
                             let _ = socket.text(reply).await;
                         }
                     }
                     Some(Ok(AggregatedMessage::Binary(bytes))) => {
-                        let reply = if bytes.len() != AudioFrame::BYTES {
-                            Some(error_frame("wrong_frame_size", format!(
-                                "audio frames are {} bytes (20 ms of 16 kHz mono PCM16), got {}",
-                                AudioFrame::BYTES, bytes.len()
-                            )))
-                        } else if hears {
-                            // The length was checked above, so this cannot fail.
-                            if let Ok(frame) = AudioFrame::from_le_bytes(&bytes) {
-                                actor.do_send(CallerAudio(frame));
+                        // The frame is checked whether or not it can be heard.
+                        let decoded = audio.incoming(&bytes, |frame| {
+                            if hears {
+                                actor.do_send(CallerAudio(frame.clone()));
                             }
-                            None
-                        } else if !audio_input_reported {
-                            audio_input_reported = true;
-                            hearing_frame(&degraded)
-                        } else {
-                            None
+                        });
+                        let reply = match decoded {
+                            Err(reply) => Some(reply),
+                            Ok(()) if !hears && !audio_input_reported => {
+                                audio_input_reported = true;
+                                hearing_frame(&degraded)
+                            }
+                            Ok(()) => None,
                         };
                         if let Some(reply) = reply {
                             let _ = socket.text(reply).await;
@@ -204,5 +219,122 @@ async fn run_socket(
     };
     if let Some(reason) = close {
         let _ = socket.close(Some(reason)).await;
+    }
+}
+
+/// Audio encodings a WebSocket client may choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Encoding {
+    Pcm16,
+    Opus,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AudioFormatRequest {
+    #[serde(rename = "type")]
+    _type: String,
+    encoding: Encoding,
+}
+
+/// The encoding asked for by an `audio-format` message, if it is one; a
+/// malformed one is left to [`client_text`], which explains.
+fn audio_format_request(text: &str) -> Option<Encoding> {
+    let request: AudioFormatRequest = serde_json::from_str(text).ok()?;
+    (request._type == "audio-format").then_some(request.encoding)
+}
+
+/// The binary frames of one WebSocket session, PCM16 or Opus. Outgoing
+/// frames are cut from one reusable buffer, so steady-state audio does not
+/// allocate once the client has read the earlier frames.
+struct WsAudio {
+    encoder: EncoderConfig,
+    opus: Option<CallAudio>,
+    out: BytesMut,
+}
+
+/// Room for about a second of outgoing PCM before the buffer is reclaimed.
+const OUT_BUFFER: usize = 50 * AudioFrame::BYTES;
+
+impl WsAudio {
+    fn new(encoder: EncoderConfig) -> Self {
+        Self {
+            encoder,
+            opus: None,
+            out: BytesMut::with_capacity(OUT_BUFFER),
+        }
+    }
+
+    /// Switches both directions to `encoding`; returns the confirmation (or
+    /// the error) for the client.
+    fn switch(&mut self, encoding: Encoding) -> String {
+        match encoding {
+            Encoding::Pcm16 => self.opus = None,
+            Encoding::Opus if self.opus.is_some() => {}
+            Encoding::Opus => match CallAudio::new(self.encoder) {
+                Ok(codec) => self.opus = Some(codec),
+                Err(err) => return error_frame("audio_format_unavailable", err.to_string()),
+            },
+        }
+        let (name, rate) = match encoding {
+            Encoding::Pcm16 => ("pcm16", 16_000),
+            Encoding::Opus => ("opus", 48_000),
+        };
+        json!({
+            "type": "audio-format", "encoding": name, "sample_rate": rate,
+            "channels": 1, "frame_ms": 20,
+        })
+        .to_string()
+    }
+
+    fn outgoing(&mut self, frame: &AudioFrame) -> Option<web::Bytes> {
+        self.out.reserve(AudioFrame::BYTES.max(MAX_PACKET_BYTES));
+        match &mut self.opus {
+            None => {
+                let mut pcm = [0u8; AudioFrame::BYTES];
+                frame.write_le_bytes(&mut pcm);
+                self.out.extend_from_slice(&pcm);
+            }
+            Some(codec) => self.out.extend_from_slice(codec.encode(frame).ok()?),
+        }
+        Some(self.out.split().freeze())
+    }
+
+    /// Decodes one client frame; the `error` frame for one that is wrong.
+    fn incoming(&mut self, bytes: &[u8], emit: impl FnMut(&AudioFrame)) -> Result<(), String> {
+        match &mut self.opus {
+            None => match AudioFrame::from_le_bytes(bytes) {
+                Ok(frame) => {
+                    let mut emit = emit;
+                    emit(&frame);
+                    Ok(())
+                }
+                Err(_) => Err(error_frame(
+                    "wrong_frame_size",
+                    format!(
+                        "audio frames are {} bytes (20 ms of 16 kHz mono PCM16), got {}; \
+                         send {{\"type\":\"audio-format\",\"encoding\":\"opus\"}} first for Opus",
+                        AudioFrame::BYTES,
+                        bytes.len()
+                    ),
+                )),
+            },
+            // An empty or oversized frame is no Opus packet; libopus would
+            // take an empty one for a loss.
+            Some(_) if bytes.is_empty() || bytes.len() > MAX_PACKET_BYTES => Err(error_frame(
+                "invalid_opus",
+                format!(
+                    "binary frames are one 20 ms Opus packet each (1 to {MAX_PACKET_BYTES} bytes), got {} bytes",
+                    bytes.len()
+                ),
+            )),
+            Some(codec) => codec.decode(bytes, true, emit).map_err(|err| {
+                error_frame(
+                    "invalid_opus",
+                    format!("binary frames are one 20 ms Opus packet each: {err}"),
+                )
+            }),
+        }
     }
 }
