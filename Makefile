@@ -1,12 +1,14 @@
 # Palaver: the two commands.
 #   make run   install what is missing, build release, migrate, serve on 127.0.0.1:8080 (SQLite)
 #   make test  install what is missing, fmt + clippy, the whole suite on SQLite and on a
-#              throw-away Postgres (with a throw-away Redis), then stop them
+#              throw-away Postgres (with a throw-away Redis), then stop them, then the
+#              console's browser test (Chromium + Playwright, scripts/test-console.sh)
+#   make test-console   only the console's browser test
 SHELL := /bin/bash
 CARGO ?= cargo
 BIN := target/release/palaver
 
-.PHONY: run test build check fmt deps-run deps-test
+.PHONY: run test test-console build check fmt deps-run deps-test
 
 deps-run:
 	@scripts/setup-deps.sh run
@@ -34,6 +36,9 @@ check: deps-run
 
 test: deps-test check
 	@scripts/run-tests.sh
+
+test-console: deps-test
+	@scripts/test-console.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole suite, twice: on SQLite (the default), then on a throw-away
 # Postgres. A throw-away Redis is up for both. Both servers are stopped on
-# exit, whatever happens.
+# exit, whatever happens. Then the console's browser test (Chromium, real
+# WebRTC); PALAVER_SKIP_CONSOLE_TEST=1 skips it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -20,3 +21,10 @@ cargo test --workspace --all-targets
 
 echo "== test suite on Postgres ($PG_URL)"
 PALAVER_TEST_DATABASE_URL="$PG_URL" cargo test --workspace --all-targets
+
+if [ "${PALAVER_SKIP_CONSOLE_TEST:-0}" = 1 ]; then
+  echo "== console browser test skipped (PALAVER_SKIP_CONSOLE_TEST=1)"
+else
+  echo "== console browser test (Chromium, WebRTC, fake providers)"
+  scripts/test-console.sh
+fi

@@ -3,7 +3,8 @@
 #
 # Usage: scripts/setup-deps.sh [run|test]
 #   run   what `make run` needs: pkg-config libopus-dev libpq-dev
-#   test  everything: build tools + postgresql redis-server espeak-ng sox (default)
+#   test  everything: build tools + postgresql redis-server espeak-ng sox, and for
+#         the console's browser test chromium curl (+ nodejs npm when npm is missing)
 #
 # Idempotent: prints nothing and changes nothing when all packages are present.
 # Never starts a service (a temporary policy-rc.d blocks service starts during apt).
@@ -17,12 +18,17 @@ die() { echo "setup-deps: ERROR: $*" >&2; exit 1; }
 
 RUN_PKGS=(pkg-config libopus-dev libpq-dev)
 BUILD_PKGS=(pkg-config libopus-dev libpq-dev gcc make)
-TEST_PKGS=(postgresql redis-server espeak-ng sox)
+TEST_PKGS=(postgresql redis-server espeak-ng sox chromium curl)
 
 mode="${1:-test}"
 case "$mode" in
   run)  wanted=("${RUN_PKGS[@]}") ;;
-  test) wanted=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}") ;;
+  test)
+    wanted=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}")
+    # Node.js may come from elsewhere (NodeSource bundles npm): only when
+    # there is no npm at all, take Debian's.
+    command -v npm >/dev/null 2>&1 || wanted+=(nodejs npm)
+    ;;
   -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) die "unknown mode '$mode'. Usage: $0 [run|test]" ;;
 esac

@@ -4,6 +4,7 @@
 
 pub mod api_keys;
 pub mod assistants;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod live;
@@ -195,7 +196,8 @@ impl Modify for BearerAuth {
 
 /// Registers every route; the caller adds the OpenAPI document route.
 pub fn configure(cfg: &mut ServiceConfig<'_>) {
-    cfg.service(ops::healthz)
+    cfg.map(console::configure)
+        .service(ops::healthz)
         .service(ops::readyz)
         .service(ops::prometheus_metrics)
         .service(

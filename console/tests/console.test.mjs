@@ -1,0 +1,207 @@
+// The console in a real browser: Debian's Chromium (headless, driven by
+// playwright-core) with a WAV of real speech as its microphone, against a
+// Palaver server whose providers are palaver-loadtest's fakes. Started by
+// scripts/test-console.sh, which passes PALAVER_URL, PALAVER_KEY,
+// SPEECH_WAV, CHROMIUM and CONSOLE_ARTIFACTS.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set: run scripts/test-console.sh`);
+  return value;
+};
+const BASE = env('PALAVER_URL');
+const KEY = env('PALAVER_KEY');
+const WAV = env('SPEECH_WAV');
+const USER_EMAIL = env('PALAVER_USER_EMAIL');
+const USER_PASSWORD = env('PALAVER_USER_PASSWORD');
+const ARTIFACTS = env('CONSOLE_ARTIFACTS');
+const EXECUTABLE = process.env.CHROMIUM || '/usr/bin/chromium';
+/// What the fake recognizer hears, whatever it is sent.
+const HEARD = 'Do you have a room tonight?';
+
+const shot = (page, name) => page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
+
+test('the console serves its files with their content types', async () => {
+  for (const [file, type] of [['', 'text/html'], ['/', 'text/html'], ['/console.js', 'text/javascript'],
+    ['/console.css', 'text/css'], ['/favicon.svg', 'image/svg+xml']]) {
+    const res = await fetch(`${BASE}/console${file}`);
+    assert.equal(res.status, 200, `/console${file}`);
+    assert.ok(res.headers.get('content-type').startsWith(type), `/console${file}: ${res.headers.get('content-type')}`);
+  }
+  assert.equal((await fetch(`${BASE}/console/nope.js`)).status, 404);
+});
+
+test('sign in, edit an assistant, talk to it over WebRTC, cut it off, read the transcript', { timeout: 180_000 }, async (t) => {
+  const browser = await chromium.launch({
+    executablePath: EXECUTABLE,
+    headless: true,
+    args: [
+      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
+      `--use-file-for-fake-audio-capture=${WAV}`,
+      '--allow-loopback-in-peer-connection',
+      '--autoplay-policy=no-user-gesture-required',
+    ],
+  });
+  t.after(() => browser.close());
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const problems = [];
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  // The refused key's 401 is logged by Chromium itself; anything else is ours.
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) problems.push(`console: ${m.text()}`);
+  });
+  page.setDefaultTimeout(20_000);
+  if (process.env.CONSOLE_FROM_DISK === '1') {
+    // While editing the console: serve console/ from disk instead of the
+    // copy embedded in the binary, without rebuilding it.
+    const dir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+    const types = { html: 'text/html', js: 'text/javascript', css: 'text/css', svg: 'image/svg+xml' };
+    await page.route(/\/console(\/[^/]*)?$/, async (route) => {
+      const name = new URL(route.request().url()).pathname.replace(/^\/console\/?/, '') || 'index.html';
+      const body = await readFile(path.join(dir, name)).catch(() => null);
+      if (!body) return route.fulfill({ status: 404, body: 'not found' });
+      return route.fulfill({ status: 200, body, contentType: types[name.split('.').pop()] });
+    });
+  }
+
+  try {
+    await page.goto(`${BASE}/console`);
+    assert.equal(await page.title(), 'Palaver console');
+
+    // A wrong key is refused next to the field; the right one signs in.
+    await page.getByLabel('API key').fill('pk_not_a_key');
+    await page.getByRole('button', { name: 'Sign in with key' }).click();
+    await page.locator('#api-key-error').filter({ hasText: /refused/ }).waitFor();
+    await shot(page, '01-sign-in-refused');
+    await page.getByLabel('API key').fill(KEY);
+    await page.getByRole('button', { name: 'Sign in with key' }).click();
+    await page.locator('#app').waitFor();
+
+    // The server's validation message lands next to the field it names.
+    await page.getByLabel('Name', { exact: true }).fill('Front desk');
+    await page.locator('[data-field="llm.model"]').fill('fake-1');
+    await page.locator('[data-field="stt.provider"]').selectOption('openai');
+    await page.locator('[data-field="tts.provider"]').selectOption('openai');
+    await page.locator('[data-field="end_of_turn_ms"]').fill('99999');
+    await page.locator('[data-field="idle_timeout_s"]').fill('120');
+    await page.getByRole('button', { name: 'Create assistant' }).click();
+    const fieldError = page.locator('#err-f-end_of_turn_ms');
+    await fieldError.filter({ hasText: 'end_of_turn_ms must be between 100 and 5000' }).waitFor();
+    assert.equal(await page.locator('[data-field="end_of_turn_ms"]').getAttribute('aria-invalid'), 'true');
+    await shot(page, '02-validation');
+    await page.locator('[data-field="end_of_turn_ms"]').fill('500');
+    await page.getByRole('button', { name: 'Create assistant' }).click();
+    await page.locator('#assistant-form-status').filter({ hasText: /Created assistant #\d+/ }).waitFor();
+    assert.equal(await fieldError.textContent(), '');
+
+    // Edit it (PATCH) and see the list follow.
+    await page.getByLabel('Name', { exact: true }).fill('Front desk (console)');
+    await page.getByRole('button', { name: 'Save changes' }).click();
+    await page.locator('#assistant-form-status').filter({ hasText: 'Saved.' }).waitFor();
+    await page.locator('#assistant-list').getByText('Front desk (console)').waitFor();
+
+    // Talk: the fake microphone says a phrase 3 s after the call opens.
+    await page.getByRole('button', { name: 'Talk to it' }).click();
+    const started = Date.now();
+    await page.getByRole('button', { name: 'Start voice session' }).click();
+    await page.locator('#call-state[data-state="listening"], #call-state[data-state="user-speaking"]').waitFor();
+    console.log(`# connected in ${Date.now() - started} ms`);
+    const userTurn = page.locator('#transcript .msg.user').first();
+    await userTurn.filter({ hasText: HEARD }).waitFor({ timeout: 45_000 });
+    console.log(`# transcript after ${Date.now() - started} ms`);
+    await page.locator('#transcript .msg.assistant').first().waitFor();
+    await page.locator('#call-state[data-state="speaking"]').waitFor();
+    await shot(page, '03-speaking');
+    // The indicator went through the turn; the meter moved while the mic spoke.
+    const { states, maxLevel } = await page.evaluate(
+      () => ({ states: window.palaverConsole.states, maxLevel: window.palaverConsole.maxLevel }));
+    console.log(`# states: ${states.join(' > ')}; loudest mic level ${maxLevel.toFixed(2)}`);
+    for (const state of ['connecting', 'listening', 'user-speaking', 'thinking', 'speaking']) {
+      assert.ok(states.includes(state), `the state indicator showed ${state}`);
+    }
+    assert.ok(maxLevel > 0.08, 'the mic level meter moved');
+
+    // The assistant's voice arrives as RTP audio.
+    const inbound = await page.waitForFunction(async () => {
+      const pc = window.palaverConsole.pc;
+      if (!pc) return 0;
+      const stats = await pc.getStats();
+      let packets = 0;
+      stats.forEach((s) => {
+        if (s.type === 'inbound-rtp' && s.kind === 'audio') packets += s.packetsReceived || 0;
+      });
+      return packets > 10 ? packets : 0;
+    }, undefined, { polling: 250 });
+    console.log(`# inbound audio packets: ${await inbound.jsonValue()}`);
+
+    // The whole reply plays, then its latency shows in the waterfall.
+    const v2v = page.locator('#waterfall .turn[data-turn="1"] .bar[data-stage="voice_to_voice_ms"] .val[data-ms]');
+    await v2v.waitFor({ timeout: 30_000 });
+    for (const stage of ['transcript_ms', 'first_token_ms', 'first_audio_ms', 'voice_to_voice_ms']) {
+      const ms = await page.locator(`#waterfall .turn[data-turn="1"] .bar[data-stage="${stage}"] .val`).getAttribute('data-ms');
+      assert.match(ms ?? '', /^\d+$/, `turn 1 ${stage} is a number`);
+    }
+    assert.match(await page.locator('#summary tr[data-stage="voice_to_voice_ms"] td').first().textContent(), /^\d+$/);
+    await shot(page, '04-waterfall');
+
+    // Barge-in: a typed turn starts a reply; a second one while it speaks
+    // cuts it off, and the mark says what the caller heard.
+    const speakingEvents = async () => (await page.evaluate(() => window.palaverConsole.events))
+      .filter((e) => e.type === 'assistant.speaking').length;
+    const before = await speakingEvents();
+    await page.getByLabel('Type a message').fill('Tell me about breakfast.');
+    await page.getByLabel('Type a message').press('Enter');
+    await page.waitForFunction((n) => window.palaverConsole.events
+      .filter((e) => e.type === 'assistant.speaking').length > n, before);
+    await page.waitForTimeout(1000);
+    await page.getByLabel('Type a message').fill('Stop, thank you.');
+    await page.getByRole('button', { name: 'Send' }).click();
+    const cut = page.locator('#transcript .msg.assistant.interrupted .cut');
+    await cut.filter({ hasText: 'Interrupted — the caller heard' }).waitFor();
+    const heard = await page.evaluate(() => window.palaverConsole.events
+      .find((e) => e.type === 'assistant.interrupted').heard_text);
+    assert.ok(heard.length > 0, 'about a second of the reply was heard');
+    assert.ok((await cut.textContent()).includes(heard), 'the mark quotes what was heard');
+    assert.equal(await page.locator('#summary-extra').getAttribute('data-interruptions'), '1');
+    await shot(page, '05-barge-in');
+
+    // Mute flips, hang-up ends the call.
+    await page.getByRole('button', { name: 'Mute' }).click();
+    assert.equal(await page.locator('#call-mute').getAttribute('aria-pressed'), 'true');
+    await page.getByRole('button', { name: 'Hang up' }).click();
+    await page.locator('#call-state[data-state="ended"]').waitFor();
+    const session = await page.evaluate(() => window.palaverConsole.sessionId);
+
+    // The stored transcript marks the interrupted turn.
+    await page.getByRole('tab', { name: 'Past sessions' }).click();
+    await page.locator('#session-list button', { hasText: `#${session} ` }).click();
+    await page.locator('#past-transcript .msg.user').filter({ hasText: HEARD }).waitFor();
+    await page.locator('#past-transcript .msg.assistant.interrupted .cut').filter({ hasText: heard }).first().waitFor();
+    await page.locator('#past-transcript .msg.assistant .lat').first().waitFor();
+    await shot(page, '06-past-session');
+
+    // Sign out, then in again as a user of the same organization.
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.getByLabel('Email').fill(USER_EMAIL);
+    await page.getByLabel('Password').fill('wrong password');
+    await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+    await page.locator('#login-error').filter({ hasText: /./ }).waitFor();
+    await page.getByLabel('Password').fill(USER_PASSWORD);
+    await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+    await page.locator('#who').filter({ hasText: `${USER_EMAIL} (manager)` }).waitFor();
+    await page.locator('#assistant-list').getByText('Front desk (console)').waitFor();
+    assert.deepEqual(problems, [], 'no errors in the page');
+  } catch (err) {
+    await shot(page, 'failure').catch(() => {});
+    console.log(`# page events: ${JSON.stringify(await page.evaluate(() => window.palaverConsole && window.palaverConsole.events).catch(() => null))}`);
+    throw err;
+  }
+});
