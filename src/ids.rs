@@ -72,3 +72,11 @@ id_type!(
     /// One stored message of a session's transcript.
     MessageId
 );
+id_type!(
+    /// A chat room (direct or group).
+    RoomId
+);
+id_type!(
+    /// One message of a chat room.
+    RoomMessageId
+);

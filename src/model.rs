@@ -159,6 +159,43 @@ text_enum!(
     }
 );
 
+text_enum!(
+    /// Whether a chat room is between two users or a group.
+    RoomKind {
+        /// Exactly two users; at most one per pair.
+        Direct => "direct",
+        /// Named, any number of members.
+        Group => "group",
+    }
+);
+
+text_enum!(
+    /// What a member may do inside a chat room.
+    RoomRole {
+        /// Everything an admin may, and add or remove admins and owners.
+        Owner => "owner",
+        /// Add and remove members; delete anyone's messages.
+        Admin => "admin",
+        /// Read, post, edit and delete their own messages.
+        Member => "member",
+    }
+);
+
+impl RoomRole {
+    /// Whether this member may manage members and delete others' messages.
+    pub fn moderates(self) -> bool {
+        matches!(self, RoomRole::Owner | RoomRole::Admin)
+    }
+}
+
+text_enum!(
+    /// What a chat message attachment refers to.
+    AttachmentKind {
+        Voice => "voice",
+        Image => "image",
+    }
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -106,11 +106,53 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    rooms (id) {
+        id -> BigInt,
+        organization_id -> BigInt,
+        kind -> Text,
+        name -> Nullable<Text>,
+        direct_key -> Nullable<Text>,
+        created_by_user_id -> Nullable<BigInt>,
+        last_message_id -> Nullable<BigInt>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    room_members (room_id, user_id) {
+        room_id -> BigInt,
+        user_id -> BigInt,
+        role -> Text,
+        last_read_message_id -> BigInt,
+        joined_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    room_messages (id) {
+        id -> BigInt,
+        room_id -> BigInt,
+        sender_user_id -> Nullable<BigInt>,
+        body -> Nullable<Text>,
+        attachments -> Text,
+        idempotency_key -> Nullable<Text>,
+        created_at -> Timestamp,
+        edited_at -> Nullable<Timestamp>,
+        deleted_at -> Nullable<Timestamp>,
+    }
+}
+
 diesel::joinable!(users -> organizations (organization_id));
 diesel::joinable!(api_keys -> organizations (organization_id));
 diesel::joinable!(assistants -> organizations (organization_id));
 diesel::joinable!(sessions -> assistants (assistant_id));
 diesel::joinable!(session_messages -> sessions (session_id));
+diesel::joinable!(rooms -> organizations (organization_id));
+diesel::joinable!(room_members -> rooms (room_id));
+diesel::joinable!(room_members -> users (user_id));
+diesel::joinable!(room_messages -> rooms (room_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     organizations,
@@ -119,4 +161,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     assistants,
     sessions,
     session_messages,
+    rooms,
+    room_members,
+    room_messages,
 );

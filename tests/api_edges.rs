@@ -152,11 +152,62 @@ fn authenticated_routes(id: i64) -> Vec<(Method, String, Option<Value>)> {
         (Method::GET, format!("/v1/sessions/{id}"), None),
         (Method::POST, format!("/v1/sessions/{id}/end"), None),
         (Method::GET, format!("/v1/sessions/{id}/messages"), None),
+        (
+            Method::POST,
+            "/v1/rooms".into(),
+            Some(json!({ "kind": "direct", "member_ids": [id] })),
+        ),
+        (Method::GET, "/v1/rooms".into(), None),
+        (Method::GET, format!("/v1/rooms/{id}"), None),
+        (Method::GET, format!("/v1/rooms/{id}/members"), None),
+        (
+            Method::POST,
+            format!("/v1/rooms/{id}/members"),
+            Some(json!({ "user_id": id })),
+        ),
+        (Method::DELETE, format!("/v1/rooms/{id}/members/{id}"), None),
+        (Method::GET, format!("/v1/rooms/{id}/messages"), None),
+        (
+            Method::POST,
+            format!("/v1/rooms/{id}/messages"),
+            Some(json!({ "body": "hi" })),
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/rooms/{id}/messages/{id}"),
+            Some(json!({ "body": "hi" })),
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/rooms/{id}/messages/{id}"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/rooms/{id}/read"),
+            Some(json!({ "message_id": id })),
+        ),
     ]
+}
+
+/// A path with every parameter written `{id}`, so `authenticated_routes(0)`
+/// (`/0` for each id) and the documented `{message_id}`, `{peer}`, … compare.
+fn generic_path(path: &str) -> String {
+    let mut out = String::new();
+    let mut rest = path;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        out.push_str("{id}");
+        rest = rest[open..].split_once('}').map_or("", |(_, after)| after);
+    }
+    out.push_str(rest);
+    out
 }
 
 const B_ASSISTANT_NAME: &str = "Bravo private concierge 7f3a";
 const B_MESSAGE_TEXT: &str = "bravo confidential transcript 91c2";
+const B_ROOM_NAME: &str = "Bravo board room 5c0e";
+const B_CHAT_TEXT: &str = "bravo confidential chat 2b8d";
 
 #[actix_web::test]
 async fn tenant_isolation_hides_every_resource_of_another_organization() {
@@ -164,7 +215,7 @@ async fn tenant_isolation_hides_every_resource_of_another_organization() {
     let a = server.tenant("alpha").await;
     let b = server.tenant("bravo").await;
     let (a_user, a_user_token) = server.user(a.org, Role::Admin).await;
-    let (b_user, _) = server.user(b.org, Role::Member).await;
+    let (b_user, b_user_token) = server.user(b.org, Role::Member).await;
 
     let a_assistant = server.assistant(&a.key, "Alpha helper").await;
     let (a_session, _) = server.session(&a.key, a_assistant).await;
@@ -202,6 +253,29 @@ async fn tenant_isolation_hides_every_resource_of_another_organization() {
         })
         .await
         .unwrap();
+    let (status, b_room) = server
+        .post(
+            "/v1/rooms",
+            &b_user_token,
+            json!({ "kind": "group", "name": B_ROOM_NAME }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{b_room}");
+    let b_room = b_room["id"].as_i64().unwrap();
+    let (status, b_chat) = server
+        .post(
+            &format!("/v1/rooms/{b_room}/messages"),
+            &b_user_token,
+            json!({ "body": B_CHAT_TEXT }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{b_chat}");
+    let b_chat = b_chat["id"].as_i64().unwrap();
+    let (status, page) = server
+        .get(&format!("/v1/rooms/{b_room}/messages"), &b.key)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["data"][0]["body"], B_CHAT_TEXT, "{page}");
     // B really sees its transcript: the 404s below are isolation, not absence.
     let (status, page) = server
         .get(&format!("/v1/sessions/{b_session}/messages"), &b.key)
@@ -243,6 +317,44 @@ async fn tenant_isolation_hides_every_resource_of_another_organization() {
                 None,
             ),
             (Method::DELETE, format!("/v1/api-keys/{b_key_id}"), None),
+            (Method::GET, format!("/v1/rooms/{b_room}"), None),
+            (Method::GET, format!("/v1/rooms/{b_room}/members"), None),
+            (
+                Method::POST,
+                format!("/v1/rooms/{b_room}/members"),
+                Some(json!({ "user_id": a_user.0 })),
+            ),
+            (
+                Method::DELETE,
+                format!("/v1/rooms/{b_room}/members/{}", b_user.0),
+                None,
+            ),
+            (Method::GET, format!("/v1/rooms/{b_room}/messages"), None),
+            (
+                Method::POST,
+                format!("/v1/rooms/{b_room}/messages"),
+                Some(json!({ "body": "leak" })),
+            ),
+            (
+                Method::PATCH,
+                format!("/v1/rooms/{b_room}/messages/{b_chat}"),
+                Some(json!({ "body": "leak" })),
+            ),
+            (
+                Method::DELETE,
+                format!("/v1/rooms/{b_room}/messages/{b_chat}"),
+                None,
+            ),
+            (
+                Method::POST,
+                format!("/v1/rooms/{b_room}/read"),
+                Some(json!({ "message_id": b_chat })),
+            ),
+            (
+                Method::POST,
+                "/v1/rooms".into(),
+                Some(json!({ "kind": "direct", "member_ids": [a_user.0, b_user.0] })),
+            ),
         ];
         for (method, path, body) in probes {
             let what = format!("{who}: {method} {path}");
@@ -256,7 +368,9 @@ async fn tenant_isolation_hides_every_resource_of_another_organization() {
             let reply = send(req).await;
             assert_error(&what, &reply, StatusCode::NOT_FOUND, "not_found");
             assert!(
-                !reply.text.contains(B_ASSISTANT_NAME) && !reply.text.contains(B_MESSAGE_TEXT),
+                ![B_ASSISTANT_NAME, B_MESSAGE_TEXT, B_ROOM_NAME, B_CHAT_TEXT]
+                    .iter()
+                    .any(|secret| reply.text.contains(secret)),
                 "{what}: the 404 leaks B's data: {}",
                 reply.text
             );
@@ -299,6 +413,11 @@ async fn tenant_isolation_hides_every_resource_of_another_organization() {
         assert!(ids(&page).contains(&a_user.0), "{who}: {page}");
         assert!(!ids(&page).contains(&b_user.0), "{who}: {page}");
 
+        let (status, page) = server.get("/v1/rooms?limit=100", token).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(!ids(&page).contains(&b_room), "{who}: {page}");
+        assert!(!page.to_string().contains(B_ROOM_NAME), "{who}: {page}");
+
         let (status, org) = server.get("/v1/organization", token).await;
         assert_eq!(status, StatusCode::OK, "{org}");
         assert_eq!(org["id"], a.org.0, "{who}: {org}");
@@ -315,6 +434,12 @@ async fn tenant_isolation_hides_every_resource_of_another_organization() {
         .await;
     assert_eq!(status, StatusCode::OK, "{session}");
     assert_eq!(session["status"], "created", "{session}");
+    let (status, page) = server
+        .get(&format!("/v1/rooms/{b_room}/messages"), &b_user_token)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["data"][0]["body"], B_CHAT_TEXT, "{page}");
+    assert_eq!(page["data"][0]["deleted"], false, "{page}");
     let (status, me) = server.get("/v1/users/me", &b_second_key).await;
     assert_eq!(
         status,
@@ -372,7 +497,12 @@ async fn tenant_isolation_hides_every_resource_of_another_organization() {
         .await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert_eq!(page["data"][0]["content"], B_MESSAGE_TEXT, "{page}");
-    for path in ["/v1/assistants", "/v1/sessions", "/v1/organization"] {
+    for path in [
+        "/v1/assistants",
+        "/v1/sessions",
+        "/v1/organization",
+        "/v1/rooms",
+    ] {
         let reply = raw(
             &server,
             Method::GET,
@@ -414,7 +544,27 @@ async fn bad_bodies_are_refused_on_every_json_route() {
     let server = TestServer::start_with(|s| s.server.body_limit_bytes = LIMIT).await;
     let t = server.tenant("bodies").await;
     let assistant = server.assistant(&t.key, "Body checker").await;
+    let (owner, owner_token) = server.user(t.org, Role::Member).await;
+    let (status, room) = server
+        .post(
+            "/v1/rooms",
+            &t.key,
+            json!({ "kind": "group", "name": "Bodies", "owner_id": owner.0 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{room}");
+    let room = room["id"].as_i64().unwrap();
+    let (status, message) = server
+        .post(
+            &format!("/v1/rooms/{room}/messages"),
+            &owner_token,
+            json!({ "body": "first" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{message}");
+    let message = message["id"].as_i64().unwrap();
     let key = Some(t.key.clone());
+    let user = Some(owner_token.clone());
     let route =
         |method: Method, path: &str, token: &Option<String>, wrong_type, wrong_field| JsonRoute {
             method,
@@ -486,6 +636,41 @@ async fn bad_bodies_are_refused_on_every_json_route() {
             &None,
             json!({ "refresh_token": 5 }),
             "refresh_token",
+        ),
+        route(
+            Method::POST,
+            "/v1/rooms",
+            &key,
+            json!({ "member_ids": "everyone" }),
+            "member_ids",
+        ),
+        route(
+            Method::POST,
+            &format!("/v1/rooms/{room}/members"),
+            &key,
+            json!({ "user_id": "one" }),
+            "user_id",
+        ),
+        route(
+            Method::POST,
+            &format!("/v1/rooms/{room}/messages"),
+            &user,
+            json!({ "body": 5 }),
+            "body",
+        ),
+        route(
+            Method::PATCH,
+            &format!("/v1/rooms/{room}/messages/{message}"),
+            &user,
+            json!({ "body": [] }),
+            "body",
+        ),
+        route(
+            Method::POST,
+            &format!("/v1/rooms/{room}/read"),
+            &user,
+            json!({ "message_id": "latest" }),
+            "message_id",
         ),
     ];
     let json_type = Some("application/json");
@@ -874,6 +1059,7 @@ async fn missing_required_fields_are_named_in_the_error() {
             "password",
         ),
         ("/v1/auth/refresh", None, json!({}), "refresh_token"),
+        ("/v1/rooms", key, json!({ "name": "r" }), "kind"),
         (
             "/v1/auth/signup",
             None,
@@ -914,6 +1100,16 @@ async fn bad_query_strings_and_path_ids_are_refused() {
     let t = server.tenant("queries").await;
     let assistant = server.assistant(&t.key, "Query checker").await;
     let (session, _) = server.session(&t.key, assistant).await;
+    let (owner, _) = server.user(t.org, Role::Member).await;
+    let (status, room) = server
+        .post(
+            "/v1/rooms",
+            &t.key,
+            json!({ "kind": "group", "name": "Queries", "owner_id": owner.0 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{room}");
+    let room = room["id"].as_i64().unwrap();
     let key = Some(t.key.as_str());
     let get = async |path: String| raw(&server, Method::GET, &path, key, None, None).await;
 
@@ -923,6 +1119,9 @@ async fn bad_query_strings_and_path_ids_are_refused() {
         "/v1/api-keys".to_owned(),
         "/v1/users".to_owned(),
         format!("/v1/sessions/{session}/messages"),
+        "/v1/rooms".to_owned(),
+        format!("/v1/rooms/{room}/members"),
+        format!("/v1/rooms/{room}/messages"),
     ];
     for list in &lists {
         for query in ["limit=abc", "limit=1.5", "limit=", "bogus=1"] {
@@ -998,6 +1197,13 @@ async fn bad_query_strings_and_path_ids_are_refused() {
             (Method::POST, format!("/v1/sessions/{bad}/end")),
             (Method::GET, format!("/v1/sessions/{bad}/messages")),
             (Method::DELETE, format!("/v1/api-keys/{bad}")),
+            (Method::GET, format!("/v1/rooms/{bad}")),
+            (Method::GET, format!("/v1/rooms/{bad}/members")),
+            (Method::DELETE, format!("/v1/rooms/{bad}/members/1")),
+            (Method::DELETE, format!("/v1/rooms/{room}/members/{bad}")),
+            (Method::GET, format!("/v1/rooms/{bad}/messages")),
+            (Method::PATCH, format!("/v1/rooms/{room}/messages/{bad}")),
+            (Method::DELETE, format!("/v1/rooms/{room}/messages/{bad}")),
         ];
         for (method, path) in routes {
             let body = (method == Method::PATCH).then(|| br#"{"name":"x"}"#.to_vec());
@@ -1015,6 +1221,9 @@ async fn bad_query_strings_and_path_ids_are_refused() {
         "/v1/assistants/999999999",
         "/v1/sessions/999999999",
         "/v1/sessions/999999999/messages",
+        "/v1/rooms/999999999",
+        "/v1/rooms/999999999/members",
+        "/v1/rooms/999999999/messages",
     ] {
         let reply = get(path.into()).await;
         assert_error(path, &reply, StatusCode::NOT_FOUND, "not_found");
@@ -1360,7 +1569,7 @@ async fn openapi_documents_every_served_route_and_only_served_routes() {
     // Every documented route is served (answered by something other than the
     // unknown-route fallback).
     for (method, path) in &documented {
-        let concrete = path.replace("{id}", "1").replace("{peer}", "1");
+        let concrete = generic_path(path).replace("{id}", "1");
         assert!(
             !concrete.contains('{'),
             "unexpected path parameter in {path}"
@@ -1409,9 +1618,17 @@ async fn openapi_documents_every_served_route_and_only_served_routes() {
             .into_iter()
             .map(|(m, p, _)| (m.to_string(), p.replace("/0", "/{id}"))),
     );
-    let missing: Vec<_> = expected.difference(&documented).collect();
+    let expected: BTreeSet<(String, String)> = expected
+        .into_iter()
+        .map(|(m, p)| (m, generic_path(&p)))
+        .collect();
+    let documented_generic: BTreeSet<(String, String)> = documented
+        .iter()
+        .map(|(m, p)| (m.clone(), generic_path(p)))
+        .collect();
+    let missing: Vec<_> = expected.difference(&documented_generic).collect();
     assert!(missing.is_empty(), "served but not documented: {missing:?}");
-    let unknown: Vec<_> = documented.difference(&expected).collect();
+    let unknown: Vec<_> = documented_generic.difference(&expected).collect();
     assert!(
         unknown.is_empty(),
         "documented routes this test does not know: {unknown:?}"

@@ -10,6 +10,7 @@ pub mod extract;
 pub mod live;
 pub mod ops;
 pub mod orgs;
+pub mod rooms;
 pub mod session_rtc;
 pub mod session_ws;
 pub mod sessions;
@@ -168,6 +169,7 @@ pub(crate) fn public_base(req: &HttpRequest, configured: Option<&str>) -> String
         (name = "users", description = "People in the organization"),
         (name = "api-keys", description = "Server credentials"),
         (name = "organization", description = "The caller's organization"),
+        (name = "rooms", description = "Chat rooms, members, messages, read receipts"),
         (name = "operations", description = "Health, readiness, metrics"),
     )
 )]
@@ -207,6 +209,7 @@ pub fn configure(cfg: &mut ServiceConfig<'_>) {
                 .configure(orgs::configure)
                 .configure(assistants::configure)
                 .configure(sessions::configure)
+                .configure(rooms::configure)
                 .configure(session_ws::configure)
                 .configure(session_rtc::configure),
         );

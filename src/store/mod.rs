@@ -11,6 +11,7 @@ pub mod api_keys;
 pub mod assistants;
 pub mod messages;
 pub mod orgs;
+pub mod rooms;
 pub mod sessions;
 pub mod users;
 

@@ -1,0 +1,915 @@
+//! `/v1/rooms`: chat rooms between users of the organization, their members,
+//! messages (with attachments by reference, edits, soft deletes and
+//! idempotent sends) and read receipts.
+//!
+//! Who may do what:
+//! - A **user** (access token) sees only the rooms they are a member of;
+//!   every other room, of this organization or another, is a 404. Members
+//!   read and post; only the author edits a message; the author or a room
+//!   owner/admin deletes one; owners and admins manage members.
+//! - An **API key** has no user. It acts as an administration tool over
+//!   every room of its organization: create rooms (naming their users),
+//!   add and remove members, read rooms, members and history, and delete
+//!   messages. Posting, editing and read receipts need a user: 403.
+//! - A session join token reaches nothing here (403, as everywhere but its
+//!   own session).
+
+use actix_web::{HttpResponse, delete, get, patch, post, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_actix_web::service_config::ServiceConfig;
+
+use super::error::{ApiError, ErrorBody, not_found};
+use super::extract::{Caller, ValidJson};
+use super::{ListQuery, Page, check_len, page_request, utc};
+use crate::db::StoreError;
+use crate::ids::{OrgId, RoomId, RoomMessageId, UserId};
+use crate::model::{AttachmentKind, RoomKind, RoomRole};
+use crate::state::AppState;
+use crate::store::rooms::{Member, NewRoomMessage, Room, RoomMessage};
+use crate::store::{self};
+
+/// Longest message body, in characters.
+pub const MESSAGE_MAX_CHARS: usize = 4000;
+/// Most attachments on one message.
+pub const ATTACHMENTS_MAX: usize = 10;
+const URL_MAX_CHARS: usize = 2048;
+const NAME_MAX_CHARS: usize = 200;
+const IDEMPOTENCY_KEY_MAX_CHARS: usize = 200;
+/// Most users named when a room is created.
+const MEMBER_IDS_MAX: usize = 100;
+
+pub fn configure(cfg: &mut ServiceConfig<'_>) {
+    cfg.service(create_room)
+        .service(list_rooms)
+        .service(get_room)
+        .service(list_members)
+        .service(add_member)
+        .service(remove_member)
+        .service(post_message)
+        .service(list_messages)
+        .service(edit_message)
+        .service(delete_message)
+        .service(mark_read);
+}
+
+/// A room as the caller sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoomView {
+    pub id: RoomId,
+    pub kind: RoomKind,
+    /// Group rooms only.
+    pub name: Option<String>,
+    /// Direct rooms only: the two users, lower id first.
+    pub user_ids: Option<Vec<UserId>>,
+    /// Absent when an API key created it.
+    pub created_by_user_id: Option<UserId>,
+    /// The newest message (deleted or not); absent before the first.
+    pub last_message_id: Option<RoomMessageId>,
+    pub created_at: DateTime<Utc>,
+    /// Changes with every new message.
+    pub updated_at: DateTime<Utc>,
+    /// The caller's role in the room; absent for API keys.
+    pub role: Option<RoomRole>,
+    /// The caller's read position; absent for API keys and before the
+    /// first read.
+    pub last_read_message_id: Option<RoomMessageId>,
+    /// Others' messages, not deleted, newer than the caller's read
+    /// position; absent for API keys.
+    pub unread_count: Option<i64>,
+}
+
+impl RoomView {
+    fn new(room: Room, member: Option<&Member>, unread: Option<i64>) -> Self {
+        let user_ids = room.direct_key.as_deref().and_then(|key| {
+            let (a, b) = key.split_once(':')?;
+            Some(vec![UserId(a.parse().ok()?), UserId(b.parse().ok()?)])
+        });
+        RoomView {
+            id: room.id,
+            kind: room.kind,
+            name: room.name,
+            user_ids,
+            created_by_user_id: room.created_by_user_id,
+            last_message_id: room.last_message_id,
+            created_at: utc(room.created_at),
+            updated_at: utc(room.updated_at),
+            role: member.map(|m| m.role),
+            last_read_message_id: member.and_then(|m| read_position(m.last_read_message_id)),
+            unread_count: member.map(|_| unread.unwrap_or(0)),
+        }
+    }
+}
+
+fn read_position(stored: i64) -> Option<RoomMessageId> {
+    (stored > 0).then_some(RoomMessageId(stored))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberView {
+    pub user_id: UserId,
+    pub role: RoomRole,
+    /// How far this member has read; absent before their first read.
+    pub last_read_message_id: Option<RoomMessageId>,
+    pub joined_at: DateTime<Utc>,
+}
+
+impl From<Member> for MemberView {
+    fn from(m: Member) -> Self {
+        MemberView {
+            user_id: m.user_id,
+            role: m.role,
+            last_read_message_id: read_position(m.last_read_message_id),
+            joined_at: utc(m.joined_at),
+        }
+    }
+}
+
+/// A file a message refers to; the server stores the reference only.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Attachment {
+    pub kind: AttachmentKind,
+    /// `https://` or `http://`, at most 2048 characters.
+    pub url: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoomMessageView {
+    pub id: RoomMessageId,
+    pub room_id: RoomId,
+    /// Absent once the sender's user was deleted.
+    pub sender_id: Option<UserId>,
+    /// Absent when the message has only attachments, and once deleted.
+    pub body: Option<String>,
+    pub attachments: Vec<Attachment>,
+    /// The sender's idempotency key, if they gave one.
+    pub idempotency_key: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub edited_at: Option<DateTime<Utc>>,
+    pub deleted: bool,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+impl From<RoomMessage> for RoomMessageView {
+    fn from(m: RoomMessage) -> Self {
+        let attachments = serde_json::from_str(&m.attachments).unwrap_or_else(|err| {
+            tracing::warn!(%err, message = %m.id, "stored attachments are not valid; returning []");
+            Vec::new()
+        });
+        RoomMessageView {
+            id: m.id,
+            room_id: m.room_id,
+            sender_id: m.sender_user_id,
+            body: m.body,
+            attachments,
+            idempotency_key: m.idempotency_key,
+            created_at: utc(m.created_at),
+            edited_at: m.edited_at.map(utc),
+            deleted: m.deleted_at.is_some(),
+            deleted_at: m.deleted_at.map(utc),
+        }
+    }
+}
+
+/// Loads a room the caller may see: any room of the organization for an
+/// API key, a room they are a member of for a user; 404 otherwise.
+async fn room_access(
+    state: &AppState,
+    caller: &Caller,
+    id: RoomId,
+) -> Result<(Room, Option<Member>), ApiError> {
+    caller.require_org_credential()?;
+    let (org, user) = (caller.org, caller.user_id());
+    state
+        .db
+        .run(move |c| store::rooms::access(c, org, id, user))
+        .await
+        .map_err(not_found("room", id))
+}
+
+/// The caller's user, for what only a person can do.
+fn need_user(caller: &Caller, what: &str) -> Result<UserId, ApiError> {
+    caller.user_id().ok_or_else(|| {
+        ApiError::Forbidden(format!(
+            "{what} needs a user: an API key has no user; sign in as one (POST /v1/auth/login) \
+             and use their access token"
+        ))
+    })
+}
+
+/// Whether the caller may manage members and delete others' messages: an
+/// API key, or a room owner or admin.
+fn moderates(member: Option<&Member>) -> bool {
+    member.is_none_or(|m| m.role.moderates())
+}
+
+/// Refuses user ids that are not users of `org` (404, like any id of
+/// another organization).
+async fn check_users(state: &AppState, org: OrgId, ids: Vec<UserId>) -> Result<(), ApiError> {
+    let missing = state
+        .db
+        .run(move |c| store::rooms::missing_users(c, org, &ids))
+        .await?;
+    match missing.first() {
+        Some(id) => Err(ApiError::NotFound(format!("no user with id {id}"))),
+        None => Ok(()),
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRoom {
+    pub kind: RoomKind,
+    /// Group rooms: 1 to 200 characters. Direct rooms have none.
+    pub name: Option<String>,
+    /// Direct room: the other user (a user caller) or both users (an API
+    /// key). Group room: the members besides the owner (at most 100).
+    #[serde(default)]
+    pub member_ids: Vec<UserId>,
+    /// Group room created with an API key: the user who owns it (required).
+    /// A user creating a room owns it.
+    pub owner_id: Option<UserId>,
+}
+
+#[utoipa::path(
+    tag = "rooms",
+    request_body = CreateRoom,
+    responses(
+        (status = 201, body = RoomView, description = "Created"),
+        (status = 200, body = RoomView, description = "The direct room of these two users already existed"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody, description = "A user id that is not in the organization"),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/rooms")]
+async fn create_room(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: ValidJson<CreateRoom>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_org_credential()?;
+    let input = body.0;
+    let (org, user) = (caller.org, caller.user_id());
+    if input.member_ids.len() > MEMBER_IDS_MAX {
+        return Err(ApiError::validation(
+            "member_ids",
+            format!(
+                "member_ids names {} users; the limit is {MEMBER_IDS_MAX}",
+                input.member_ids.len()
+            ),
+        ));
+    }
+    let mut others: Vec<UserId> = Vec::new();
+    for id in &input.member_ids {
+        if Some(*id) != user && !others.contains(id) {
+            others.push(*id);
+        }
+    }
+    match input.kind {
+        RoomKind::Direct => {
+            if input.name.is_some() {
+                return Err(ApiError::validation("name", "a direct room has no name"));
+            }
+            if input.owner_id.is_some() {
+                return Err(ApiError::validation(
+                    "owner_id",
+                    "a direct room has no owner; its two users are members",
+                ));
+            }
+            let (a, b) = match (user, others.as_slice()) {
+                (Some(me), [other]) => (me, *other),
+                (None, [a, b]) => (*a, *b),
+                (Some(_), _) => {
+                    return Err(ApiError::validation(
+                        "member_ids",
+                        "a direct room is between you and one other user: give their id in \
+                         member_ids",
+                    ));
+                }
+                (None, _) => {
+                    return Err(ApiError::validation(
+                        "member_ids",
+                        "a direct room created with an API key needs exactly two distinct user \
+                         ids in member_ids",
+                    ));
+                }
+            };
+            check_users(&state, org, vec![a, b]).await?;
+            let (room, created) = state
+                .db
+                .run(move |c| store::rooms::open_direct(c, org, a, b, user))
+                .await?;
+            let member = match user {
+                Some(me) => {
+                    let id = room.id;
+                    state
+                        .db
+                        .run(move |c| store::rooms::member(c, id, me))
+                        .await?
+                }
+                None => None,
+            };
+            let unread = match (user, &member) {
+                (Some(me), Some(_)) => {
+                    let id = room.id;
+                    state
+                        .db
+                        .run(move |c| store::rooms::unread_counts(c, me, &[id]))
+                        .await?
+                        .get(&id)
+                        .copied()
+                }
+                _ => None,
+            };
+            if created {
+                tracing::info!(room = %room.id, org = %org, kind = "direct", "room created");
+            }
+            let view = RoomView::new(room, member.as_ref(), unread);
+            Ok(if created {
+                HttpResponse::Created().json(view)
+            } else {
+                HttpResponse::Ok().json(view)
+            })
+        }
+        RoomKind::Group => {
+            let name = input
+                .name
+                .ok_or_else(|| ApiError::validation("name", "a group room needs a name"))?;
+            check_len("name", name.trim(), 1, NAME_MAX_CHARS)?;
+            let owner = match (user, input.owner_id) {
+                (Some(me), None) => me,
+                (Some(me), Some(owner)) if owner == me => me,
+                (Some(_), Some(_)) => {
+                    return Err(ApiError::validation(
+                        "owner_id",
+                        "a user creating a room owns it; owner_id is for API keys",
+                    ));
+                }
+                (None, Some(owner)) => owner,
+                (None, None) => {
+                    return Err(ApiError::validation(
+                        "owner_id",
+                        "an API key has no user: name the room's owner in owner_id",
+                    ));
+                }
+            };
+            let mut members = vec![(owner, RoomRole::Owner)];
+            members.extend(
+                others
+                    .into_iter()
+                    .filter(|id| *id != owner)
+                    .map(|id| (id, RoomRole::Member)),
+            );
+            check_users(&state, org, members.iter().map(|(id, _)| *id).collect()).await?;
+            let (room, rows) = state
+                .db
+                .run(move |c| store::rooms::create_group(c, org, name.trim(), user, &members))
+                .await?;
+            tracing::info!(room = %room.id, org = %org, kind = "group", members = rows.len(), "room created");
+            let member = user.and_then(|me| rows.iter().find(|m| m.user_id == me));
+            Ok(HttpResponse::Created().json(RoomView::new(room, member, None)))
+        }
+    }
+}
+
+#[utoipa::path(
+    tag = "rooms",
+    params(ListQuery),
+    responses((status = 200, body = Page<RoomView>), (status = 403, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[get("/rooms")]
+async fn list_rooms(
+    state: web::Data<AppState>,
+    caller: Caller,
+    query: web::Query<ListQuery>,
+) -> Result<web::Json<Page<RoomView>>, ApiError> {
+    caller.require_org_credential()?;
+    let page = query.page()?;
+    let org = caller.org;
+    let Some(me) = caller.user_id() else {
+        let rows = state
+            .db
+            .run(move |c| store::rooms::list_all(c, org, page))
+            .await?;
+        return Ok(web::Json(Page::new(rows, |room| {
+            RoomView::new(room, None, None)
+        })));
+    };
+    let (rows, next, unread) = state
+        .db
+        .run(move |c| {
+            let (rows, next) = store::rooms::list_for_user(c, org, me, page)?;
+            let ids: Vec<RoomId> = rows.iter().map(|(room, _)| room.id).collect();
+            let unread = store::rooms::unread_counts(c, me, &ids)?;
+            Ok::<_, StoreError>((rows, next, unread))
+        })
+        .await?;
+    Ok(web::Json(Page::new((rows, next), |(room, member)| {
+        let count = unread.get(&room.id).copied();
+        RoomView::new(room, Some(&member), count)
+    })))
+}
+
+#[utoipa::path(
+    tag = "rooms",
+    params(("id" = i64, Path, description = "Room id")),
+    responses((status = 200, body = RoomView), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[get("/rooms/{id}")]
+async fn get_room(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<i64>,
+) -> Result<web::Json<RoomView>, ApiError> {
+    let id = RoomId(*id);
+    let (room, member) = room_access(&state, &caller, id).await?;
+    let unread = match caller.user_id() {
+        Some(me) => state
+            .db
+            .run(move |c| store::rooms::unread_counts(c, me, &[id]))
+            .await?
+            .get(&id)
+            .copied(),
+        None => None,
+    };
+    Ok(web::Json(RoomView::new(room, member.as_ref(), unread)))
+}
+
+#[utoipa::path(
+    tag = "rooms",
+    params(("id" = i64, Path, description = "Room id"), ListQuery),
+    responses((status = 200, body = Page<MemberView>), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[get("/rooms/{id}/members")]
+async fn list_members(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<i64>,
+    query: web::Query<ListQuery>,
+) -> Result<web::Json<Page<MemberView>>, ApiError> {
+    let id = RoomId(*id);
+    room_access(&state, &caller, id).await?;
+    let page = query.page()?;
+    let rows = state
+        .db
+        .run(move |c| store::rooms::members(c, id, page))
+        .await?;
+    Ok(web::Json(Page::new(rows, MemberView::from)))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    pub user_id: UserId,
+    /// Default `member`. Only an owner (or an API key) adds owners.
+    pub role: Option<RoomRole>,
+}
+
+#[utoipa::path(
+    tag = "rooms",
+    params(("id" = i64, Path, description = "Room id")),
+    request_body = AddMember,
+    responses(
+        (status = 201, body = MemberView), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "Already a member, or a direct room"),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/rooms/{id}/members")]
+async fn add_member(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<i64>,
+    body: ValidJson<AddMember>,
+) -> Result<HttpResponse, ApiError> {
+    let id = RoomId(*id);
+    let (room, member) = room_access(&state, &caller, id).await?;
+    if room.kind == RoomKind::Direct {
+        return Err(ApiError::Conflict(
+            "a direct room has exactly its two users; create a group room for more".into(),
+        ));
+    }
+    if !moderates(member.as_ref()) {
+        return Err(ApiError::Forbidden(
+            "only a room owner or admin adds members".into(),
+        ));
+    }
+    let role = body.0.role.unwrap_or(RoomRole::Member);
+    if role == RoomRole::Owner && member.as_ref().is_some_and(|m| m.role != RoomRole::Owner) {
+        return Err(ApiError::Forbidden("only a room owner adds owners".into()));
+    }
+    let user = body.0.user_id;
+    check_users(&state, caller.org, vec![user]).await?;
+    let row = state
+        .db
+        .run(move |c| store::rooms::add_member(c, id, user, role))
+        .await?;
+    Ok(HttpResponse::Created().json(MemberView::from(row)))
+}
+
+#[utoipa::path(
+    tag = "rooms",
+    params(
+        ("id" = i64, Path, description = "Room id"),
+        ("user_id" = i64, Path, description = "The member's user id"),
+    ),
+    responses(
+        (status = 204, description = "Removed"), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "A direct room"),
+    ),
+    security(("bearer" = []))
+)]
+#[delete("/rooms/{id}/members/{user_id}")]
+async fn remove_member(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(i64, i64)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, user) = (RoomId(path.0), UserId(path.1));
+    let (room, member) = room_access(&state, &caller, id).await?;
+    if room.kind == RoomKind::Direct {
+        return Err(ApiError::Conflict(
+            "a direct room always has its two users; nobody can leave it".into(),
+        ));
+    }
+    let leaving = caller.user_id() == Some(user);
+    if !leaving && !moderates(member.as_ref()) {
+        return Err(ApiError::Forbidden(
+            "only a room owner or admin removes other members".into(),
+        ));
+    }
+    let target = state
+        .db
+        .run(move |c| store::rooms::member(c, id, user))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("user {user} is not a member of room {id}")))?;
+    if !leaving
+        && target.role == RoomRole::Owner
+        && member.as_ref().is_some_and(|m| m.role != RoomRole::Owner)
+    {
+        return Err(ApiError::Forbidden(
+            "only a room owner removes an owner".into(),
+        ));
+    }
+    state
+        .db
+        .run(move |c| store::rooms::remove_member(c, id, user))
+        .await
+        .map_err(|err| match err {
+            StoreError::NotFound => {
+                ApiError::NotFound(format!("user {user} is not a member of room {id}"))
+            }
+            other => other.into(),
+        })?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostMessage {
+    /// At most 4000 characters. Optional when there are attachments.
+    pub body: Option<String>,
+    /// At most 10.
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+    /// Sending again with the same key (same sender, same room) returns the
+    /// message stored the first time, with 200 instead of 201.
+    pub idempotency_key: Option<String>,
+}
+
+fn check_body(body: &str) -> Result<(), ApiError> {
+    check_len("body", body, 0, MESSAGE_MAX_CHARS)
+}
+
+fn check_attachments(attachments: &[Attachment]) -> Result<(), ApiError> {
+    if attachments.len() > ATTACHMENTS_MAX {
+        return Err(ApiError::validation(
+            "attachments",
+            format!(
+                "{} attachments; the limit is {ATTACHMENTS_MAX}",
+                attachments.len()
+            ),
+        ));
+    }
+    for (i, attachment) in attachments.iter().enumerate() {
+        let field = format!("attachments[{i}].url");
+        let url = attachment.url.as_str();
+        check_len(&field, url, 1, URL_MAX_CHARS)?;
+        let host = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .and_then(|rest| rest.split(['/', '?', '#']).next());
+        let valid = host.is_some_and(|h| !h.is_empty())
+            && !url.chars().any(|ch| ch.is_whitespace() || ch.is_control());
+        if !valid {
+            return Err(ApiError::validation(
+                field,
+                "an attachment url must be an http:// or https:// URL with a host and no spaces",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[utoipa::path(
+    tag = "rooms",
+    params(("id" = i64, Path, description = "Room id")),
+    request_body = PostMessage,
+    responses(
+        (status = 201, body = RoomMessageView, description = "Stored"),
+        (status = 200, body = RoomMessageView, description = "Already stored under this idempotency key"),
+        (status = 403, body = ErrorBody, description = "An API key: posting needs a user"),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/rooms/{id}/messages")]
+async fn post_message(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<i64>,
+    body: ValidJson<PostMessage>,
+) -> Result<HttpResponse, ApiError> {
+    let id = RoomId(*id);
+    room_access(&state, &caller, id).await?;
+    let sender = need_user(&caller, "posting a message")?;
+    let input = body.0;
+    let text = input.body.filter(|b| !b.trim().is_empty());
+    if let Some(text) = &text {
+        check_body(text)?;
+    }
+    check_attachments(&input.attachments)?;
+    if text.is_none() && input.attachments.is_empty() {
+        return Err(ApiError::validation(
+            "body",
+            "body must not be empty (unless the message has attachments)",
+        ));
+    }
+    if let Some(key) = &input.idempotency_key {
+        check_len("idempotency_key", key, 1, IDEMPOTENCY_KEY_MAX_CHARS)?;
+    }
+    let attachments = serde_json::to_string(&input.attachments)
+        .map_err(|e| ApiError::Internal(format!("attachments did not serialize: {e}")))?;
+    let (message, created) = state
+        .db
+        .run(move |c| {
+            store::rooms::post(
+                c,
+                &NewRoomMessage {
+                    room_id: id,
+                    sender_user_id: Some(sender),
+                    body: text.as_deref(),
+                    attachments: &attachments,
+                    idempotency_key: input.idempotency_key.as_deref(),
+                    created_at: store::now(),
+                },
+            )
+        })
+        .await?;
+    let view = RoomMessageView::from(message);
+    Ok(if created {
+        HttpResponse::Created().json(view)
+    } else {
+        HttpResponse::Ok().json(view)
+    })
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// Items per page, 1 to 100 (default 20).
+    pub limit: Option<i64>,
+    /// Newest first: `next_cursor` of the previous page.
+    pub after: Option<String>,
+    /// Oldest first: the messages after this message id (what a
+    /// reconnecting client missed); pass `next_cursor` as `since` for more.
+    /// Not with `after`.
+    pub since: Option<String>,
+}
+
+#[utoipa::path(
+    tag = "rooms",
+    params(("id" = i64, Path, description = "Room id"), HistoryQuery),
+    responses(
+        (status = 200, body = Page<RoomMessageView>), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/rooms/{id}/messages")]
+async fn list_messages(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<i64>,
+    query: web::Query<HistoryQuery>,
+) -> Result<web::Json<Page<RoomMessageView>>, ApiError> {
+    let id = RoomId(*id);
+    room_access(&state, &caller, id).await?;
+    let page = page_request(query.limit, query.after.as_deref())?;
+    let rows = match query.since.as_deref() {
+        Some(since) => {
+            if page.after.is_some() {
+                return Err(ApiError::validation(
+                    "since",
+                    "use either after (newest first) or since (oldest first), not both",
+                ));
+            }
+            let since = since
+                .parse::<i64>()
+                .ok()
+                .filter(|v| *v >= 0)
+                .ok_or_else(|| {
+                    ApiError::validation(
+                        "since",
+                        "since must be a message id (0 for the beginning)",
+                    )
+                })?;
+            state
+                .db
+                .run(move |c| store::rooms::since(c, id, RoomMessageId(since), page.limit))
+                .await?
+        }
+        None => {
+            state
+                .db
+                .run(move |c| store::rooms::history(c, id, page))
+                .await?
+        }
+    };
+    Ok(web::Json(Page::new(rows, RoomMessageView::from)))
+}
+
+/// The message `id` of `room`, or 404 naming both.
+async fn room_message(
+    state: &AppState,
+    room: RoomId,
+    id: RoomMessageId,
+) -> Result<RoomMessage, ApiError> {
+    state
+        .db
+        .run(move |c| store::rooms::get_message(c, room, id))
+        .await
+        .map_err(|err| match err {
+            StoreError::NotFound => {
+                ApiError::NotFound(format!("no message with id {id} in room {room}"))
+            }
+            other => other.into(),
+        })
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditMessage {
+    /// The new text, 1 to 4000 characters.
+    pub body: String,
+}
+
+#[utoipa::path(
+    tag = "rooms",
+    params(
+        ("id" = i64, Path, description = "Room id"),
+        ("message_id" = i64, Path, description = "Message id"),
+    ),
+    request_body = EditMessage,
+    responses(
+        (status = 200, body = RoomMessageView), (status = 403, body = ErrorBody, description = "Not the author"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "Deleted"),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[patch("/rooms/{id}/messages/{message_id}")]
+async fn edit_message(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(i64, i64)>,
+    body: ValidJson<EditMessage>,
+) -> Result<web::Json<RoomMessageView>, ApiError> {
+    let (id, message_id) = (RoomId(path.0), RoomMessageId(path.1));
+    room_access(&state, &caller, id).await?;
+    let editor = need_user(&caller, "editing a message")?;
+    let text = body.0.body;
+    if text.trim().is_empty() {
+        return Err(ApiError::validation(
+            "body",
+            "body must not be empty; delete the message instead",
+        ));
+    }
+    check_body(&text)?;
+    let current = room_message(&state, id, message_id).await?;
+    if current.sender_user_id != Some(editor) {
+        return Err(ApiError::Forbidden(
+            "only the author can edit a message".into(),
+        ));
+    }
+    let row = state
+        .db
+        .run(move |c| store::rooms::edit_message(c, id, message_id, &text))
+        .await?;
+    Ok(web::Json(row.into()))
+}
+
+#[utoipa::path(
+    tag = "rooms",
+    params(
+        ("id" = i64, Path, description = "Room id"),
+        ("message_id" = i64, Path, description = "Message id"),
+    ),
+    responses(
+        (status = 200, body = RoomMessageView, description = "Deleted (or already deleted)"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[delete("/rooms/{id}/messages/{message_id}")]
+async fn delete_message(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(i64, i64)>,
+) -> Result<web::Json<RoomMessageView>, ApiError> {
+    let (id, message_id) = (RoomId(path.0), RoomMessageId(path.1));
+    let (_, member) = room_access(&state, &caller, id).await?;
+    let current = room_message(&state, id, message_id).await?;
+    let author = current.sender_user_id.is_some() && current.sender_user_id == caller.user_id();
+    if !author && !moderates(member.as_ref()) {
+        return Err(ApiError::Forbidden(
+            "only the author or a room owner or admin can delete a message".into(),
+        ));
+    }
+    let row = state
+        .db
+        .run(move |c| store::rooms::delete_message(c, id, message_id))
+        .await?;
+    Ok(web::Json(row.into()))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MarkRead {
+    /// The newest message the member has seen; a receipt for an older one
+    /// than already recorded changes nothing.
+    pub message_id: RoomMessageId,
+}
+
+/// A member's read position.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadView {
+    pub room_id: RoomId,
+    pub user_id: UserId,
+    pub last_read_message_id: RoomMessageId,
+    /// Unread messages left in the room for this member.
+    pub unread_count: i64,
+}
+
+#[utoipa::path(
+    tag = "rooms",
+    params(("id" = i64, Path, description = "Room id")),
+    request_body = MarkRead,
+    responses(
+        (status = 200, body = ReadView), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "No such room, or no such message in it"),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/rooms/{id}/read")]
+async fn mark_read(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<i64>,
+    body: ValidJson<MarkRead>,
+) -> Result<web::Json<ReadView>, ApiError> {
+    let id = RoomId(*id);
+    room_access(&state, &caller, id).await?;
+    let me = need_user(&caller, "a read receipt")?;
+    let message = body.0.message_id;
+    let (receipt, unread) = state
+        .db
+        .run(move |c| {
+            let receipt = store::rooms::mark_read(c, id, me, message)?;
+            let unread = store::rooms::unread_counts(c, me, &[id])?;
+            Ok((receipt, unread.get(&id).copied().unwrap_or(0)))
+        })
+        .await
+        .map_err(|err| match err {
+            StoreError::NotFound => {
+                ApiError::NotFound(format!("no message with id {message} in room {id}"))
+            }
+            other => other.into(),
+        })?;
+    Ok(web::Json(ReadView {
+        room_id: receipt.room_id,
+        user_id: receipt.user_id,
+        last_read_message_id: receipt.last_read_message_id,
+        unread_count: unread,
+    }))
+}
