@@ -117,8 +117,21 @@ pub struct RtcSettings {
     /// Opus bitrate of the assistant's voice, in bit/s.
     pub opus_bitrate_bps: i32,
     /// libopus complexity 0..=10 for the assistant's voice: CPU against
-    /// quality (0 costs about half of 5).
+    /// quality (0 costs about a third of 5).
     pub opus_complexity: u8,
+    /// `voip`: SILK with in-band FEC, robust to packet loss; `low-delay`:
+    /// CELT only, about a quarter of the CPU and 4 ms less delay, but a lost
+    /// packet can only be concealed (see BENCHMARKS.md, media path).
+    pub opus_mode: OpusModeSetting,
+}
+
+/// See [`RtcSettings::opus_mode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OpusModeSetting {
+    #[default]
+    Voip,
+    LowDelay,
 }
 
 impl Default for RtcSettings {
@@ -128,6 +141,7 @@ impl Default for RtcSettings {
             public_ip: None,
             opus_bitrate_bps: 32_000,
             opus_complexity: 5,
+            opus_mode: OpusModeSetting::Voip,
         }
     }
 }

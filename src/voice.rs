@@ -259,6 +259,10 @@ pub fn rtc_encoder(settings: &crate::config::RtcSettings) -> palaver_media::code
     palaver_media::codec::EncoderConfig {
         bitrate_bps: settings.opus_bitrate_bps,
         complexity: settings.opus_complexity,
+        mode: match settings.opus_mode {
+            crate::config::OpusModeSetting::Voip => palaver_media::codec::OpusMode::Voip,
+            crate::config::OpusModeSetting::LowDelay => palaver_media::codec::OpusMode::LowDelay,
+        },
         ..Default::default()
     }
 }

@@ -5,7 +5,7 @@
 //! - [`frame`]: the pipeline's unit of audio, 20 ms of 16 kHz mono PCM16,
 //!   and its level (RMS, dBFS).
 //! - [`codec`]: Opus decoder (with concealment and FEC recovery) and encoder
-//!   at 48 kHz mono, 20 ms packets, into caller-provided buffers.
+//!   at 48 kHz or 16 kHz (wideband) mono, 20 ms packets, into caller-provided buffers.
 //! - [`resample`]: 48 kHz <-> 16 kHz per frame, and any TTS rate (16, 22.05,
 //!   24 kHz) to 48 kHz frames from chunks of any length.
 //! - [`vad`]: the [`VoiceActivity`] trait, WebRTC's VAD behind it, and the

@@ -2,8 +2,9 @@
 //! VAD and pacer, each owning its buffers so that a frame through either
 //! path allocates nothing.
 //!
-//! - [`InboundPath`]: an Opus packet (or a loss) -> 48 kHz PCM -> a 16 kHz
-//!   [`AudioFrame`] -> the VAD's decision and the speech detector's events.
+//! - [`InboundPath`]: an Opus packet (or a loss) -> a 16 kHz [`AudioFrame`]
+//!   (libopus decodes straight to 16 kHz) -> the VAD's decision and the
+//!   speech detector's events.
 //! - [`OutboundPath`]: TTS PCM at its own rate -> 48 kHz 20 ms frames -> the
 //!   pacer -> one Opus packet per 20 ms tick.
 //!
@@ -20,12 +21,12 @@
 
 use crate::codec::{
     AudioBandwidth, CodecError, EncoderConfig, OPUS_FRAME_SAMPLES, OpusDecoder, OpusEncoder,
-    Pcm48Frame,
+    Pcm48Frame, WIDEBAND_FRAME_SAMPLES,
 };
 use crate::frame::{AudioFrame, FRAME_MS};
 use crate::jitter::Playout;
 use crate::pacer::{Pacer, PacerConfig, PacerError, PacerStats};
-use crate::resample::{Downsampler48To16, ResampleError, StreamResampler};
+use crate::resample::{ResampleError, StreamResampler};
 use crate::vad::{SpeechDetector, SpeechDetectorConfig, SpeechEvent, VoiceActivity, WebRtcVad};
 
 /// Why a path could not be built.
@@ -70,11 +71,9 @@ pub struct InboundFrame<'a> {
 /// A session's inbound audio: Opus packets to 16 kHz frames with VAD.
 #[derive(Debug)]
 pub struct InboundPath<V = WebRtcVad> {
-    decoder: OpusDecoder,
-    downsampler: Downsampler48To16,
+    decoder: OpusDecoder<WIDEBAND_FRAME_SAMPLES>,
     vad: V,
     detector: SpeechDetector,
-    pcm48: Pcm48Frame,
     frame: AudioFrame,
     frames: u64,
 }
@@ -89,11 +88,9 @@ impl InboundPath<WebRtcVad> {
 impl<V: VoiceActivity> InboundPath<V> {
     pub fn new(vad: V, detector: SpeechDetectorConfig) -> Result<Self, PipelineError> {
         Ok(Self {
-            decoder: OpusDecoder::new()?,
-            downsampler: Downsampler48To16::downsample_48k_to_16k()?,
+            decoder: OpusDecoder::at_16k()?,
             vad,
             detector: SpeechDetector::new(detector),
-            pcm48: [0; OPUS_FRAME_SAMPLES],
             frame: AudioFrame::silence(),
             frames: 0,
         })
@@ -102,49 +99,49 @@ impl<V: VoiceActivity> InboundPath<V> {
     /// Decodes a packet. On error nothing has advanced: the caller should
     /// [`conceal`](Self::conceal) that slot instead.
     pub fn decode(&mut self, packet: &[u8]) -> Result<InboundFrame<'_>, CodecError> {
-        self.decoder.decode(packet, &mut self.pcm48)?;
+        self.decoder.decode(packet, &mut self.frame.samples)?;
         Ok(self.finish(FrameOrigin::Decoded))
     }
 
     /// Recovers a lost packet from the FEC in `next` (the packet after it).
     pub fn recover(&mut self, next: &[u8]) -> Result<InboundFrame<'_>, CodecError> {
-        self.decoder.recover(next, &mut self.pcm48)?;
+        self.decoder.recover(next, &mut self.frame.samples)?;
         Ok(self.finish(FrameOrigin::Recovered))
     }
 
     /// Conceals a lost packet.
     pub fn conceal(&mut self) -> Result<InboundFrame<'_>, CodecError> {
-        self.decoder.conceal(&mut self.pcm48)?;
+        self.decoder.conceal(&mut self.frame.samples)?;
         Ok(self.finish(FrameOrigin::Concealed))
     }
 
     /// Does what the jitter buffer decided for a slot. A packet that fails
     /// to decode is concealed instead, so every slot yields a frame.
     pub fn play(&mut self, playout: Playout<'_>) -> Result<InboundFrame<'_>, CodecError> {
+        let pcm = &mut self.frame.samples;
         let origin = match playout {
-            Playout::Packet(packet) => match self.decoder.decode(packet, &mut self.pcm48) {
+            Playout::Packet(packet) => match self.decoder.decode(packet, pcm) {
                 Ok(()) => FrameOrigin::Decoded,
                 Err(_) => {
-                    self.decoder.conceal(&mut self.pcm48)?;
+                    self.decoder.conceal(pcm)?;
                     FrameOrigin::Concealed
                 }
             },
             Playout::Recover { next } => {
-                self.decoder.recover(next, &mut self.pcm48)?;
+                self.decoder.recover(next, pcm)?;
                 FrameOrigin::Recovered
             }
             Playout::Conceal => {
-                self.decoder.conceal(&mut self.pcm48)?;
+                self.decoder.conceal(pcm)?;
                 FrameOrigin::Concealed
             }
         };
         Ok(self.finish(origin))
     }
 
-    /// Starts over: decoder, filter, VAD and detector history, stream time.
+    /// Starts over: decoder, VAD and detector history, stream time.
     pub fn reset(&mut self) -> Result<(), CodecError> {
         self.decoder.reset()?;
-        self.downsampler.reset();
         self.vad.reset();
         self.detector.reset();
         self.frames = 0;
@@ -157,8 +154,6 @@ impl<V: VoiceActivity> InboundPath<V> {
     }
 
     fn finish(&mut self, origin: FrameOrigin) -> InboundFrame<'_> {
-        self.downsampler
-            .process(&self.pcm48, &mut self.frame.samples);
         let is_speech = self.vad.is_speech(&self.frame);
         let at_ms = self.frames * u64::from(FRAME_MS);
         self.frames += 1;

@@ -28,10 +28,9 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig}
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::codec::{CodecError, EncoderConfig, OpusDecoder, OpusEncoder, Pcm48Frame};
-use crate::codec::{MAX_PACKET_BYTES, OPUS_FRAME_SAMPLES};
+use crate::codec::{CodecError, EncoderConfig, OpusDecoder, OpusEncoder};
+use crate::codec::{MAX_PACKET_BYTES, OPUS_FRAME_SAMPLES, WIDEBAND_FRAME_SAMPLES};
 use crate::frame::AudioFrame;
-use crate::resample::{Downsampler48To16, ResampleError, Upsampler16To48};
 
 /// The data channel that carries session events as JSON text.
 pub const EVENTS_CHANNEL: &str = "events";
@@ -782,13 +781,21 @@ impl Driver {
 /// One call's audio on the session side: the caller's Opus to 16 kHz
 /// frames, and 16 kHz frames to Opus for the caller. Preallocated; nothing
 /// here allocates per frame.
+///
+/// Both codec states run at 16 kHz, the pipeline's rate: the decoder writes
+/// 16 kHz frames directly (libopus drops the band above 8 kHz inside its
+/// decoder) and the encoder codes the 16 kHz frames as wideband Opus, so no
+/// 16 <-> 48 kHz resampling happens here and no bits or CPU go to a band the
+/// audio does not have. The packets are ordinary Opus on the 48 kHz RTP
+/// clock; the caller's decoder plays them at whatever rate it runs. Whatever
+/// `max_bandwidth` the [`EncoderConfig`] names, the band is at most
+/// wideband (8 kHz). The encoder's [`OpusMode`](crate::codec::OpusMode)
+/// decides the CPU per frame: SILK with FEC, or CELT only at a fraction of
+/// the cost and without FEC (`BENCHMARKS.md`, media section).
 #[derive(Debug)]
 pub struct CallAudio {
-    decoder: OpusDecoder,
-    downsampler: Downsampler48To16,
-    encoder: OpusEncoder,
-    upsampler: Upsampler16To48,
-    pcm48: Pcm48Frame,
+    decoder: OpusDecoder<WIDEBAND_FRAME_SAMPLES>,
+    encoder: OpusEncoder<WIDEBAND_FRAME_SAMPLES>,
     frame: AudioFrame,
     packet: [u8; MAX_PACKET_BYTES],
 }
@@ -798,18 +805,13 @@ pub struct CallAudio {
 pub enum CallAudioError {
     #[error(transparent)]
     Codec(#[from] CodecError),
-    #[error(transparent)]
-    Resample(#[from] ResampleError),
 }
 
 impl CallAudio {
     pub fn new(encoder: EncoderConfig) -> Result<Self, CallAudioError> {
         Ok(Self {
-            decoder: OpusDecoder::new()?,
-            downsampler: Downsampler48To16::downsample_48k_to_16k()?,
-            encoder: OpusEncoder::new(encoder)?,
-            upsampler: Upsampler16To48::upsample_16k_to_48k()?,
-            pcm48: [0; OPUS_FRAME_SAMPLES],
+            decoder: OpusDecoder::at_16k()?,
+            encoder: OpusEncoder::wideband(encoder)?,
             frame: AudioFrame::silence(),
             packet: [0; MAX_PACKET_BYTES],
         })
@@ -825,24 +827,28 @@ impl CallAudio {
         contiguous: bool,
         mut emit: impl FnMut(&AudioFrame),
     ) -> Result<(), CodecError> {
-        if !contiguous && self.decoder.recover(payload, &mut self.pcm48).is_ok() {
-            self.downsampler
-                .process(&self.pcm48, &mut self.frame.samples);
+        if !contiguous
+            && self
+                .decoder
+                .recover(payload, &mut self.frame.samples)
+                .is_ok()
+        {
             emit(&self.frame);
         }
-        if self.decoder.decode(payload, &mut self.pcm48).is_err() {
-            self.decoder.conceal(&mut self.pcm48)?;
+        if self
+            .decoder
+            .decode(payload, &mut self.frame.samples)
+            .is_err()
+        {
+            self.decoder.conceal(&mut self.frame.samples)?;
         }
-        self.downsampler
-            .process(&self.pcm48, &mut self.frame.samples);
         emit(&self.frame);
         Ok(())
     }
 
     /// Encodes one 16 kHz frame for the caller; returns the Opus packet.
     pub fn encode(&mut self, frame: &AudioFrame) -> Result<&[u8], CodecError> {
-        self.upsampler.process(&frame.samples, &mut self.pcm48);
-        let len = self.encoder.encode(&self.pcm48, &mut self.packet)?;
+        let len = self.encoder.encode(&frame.samples, &mut self.packet)?;
         Ok(&self.packet[..len])
     }
 }
@@ -905,6 +911,47 @@ mod tests {
         }
         // A full-scale-relative RMS: the tone is 8000/32768 peak, about 0.17.
         assert!(decoded_rms > 0.1, "decoded tone rms {decoded_rms}");
+    }
+
+    #[test]
+    fn call_audio_sends_wideband_opus_that_a_48k_decoder_plays() {
+        use crate::codec::OpusMode;
+        for mode in [OpusMode::Voip, OpusMode::LowDelay] {
+            // The server's settings name no band: the default's fullband
+            // cap is narrowed to the 8 kHz a 16 kHz frame holds.
+            let mut call = CallAudio::new(EncoderConfig {
+                mode,
+                ..EncoderConfig::default()
+            })
+            .expect("codecs");
+            let mut browser = OpusDecoder::new().expect("decoder");
+            let mut pcm = [0i16; OPUS_FRAME_SAMPLES];
+            let mut tone = AudioFrame::silence();
+            for n in 0..25 {
+                for (i, s) in tone.samples.iter_mut().enumerate() {
+                    let t = (n * 320 + i) as f32 / 16_000.0;
+                    *s = (8000.0 * (2.0 * std::f32::consts::PI * 440.0 * t).sin()) as i16;
+                }
+                let packet = call.encode(&tone).expect("encode");
+                assert_eq!(
+                    opus::packet::get_bandwidth(packet).expect("toc"),
+                    opus::Bandwidth::Wideband,
+                    "{mode:?}"
+                );
+                browser.decode(packet, &mut pcm).expect("decode");
+            }
+            // 20 ms of a 440 Hz tone at 48 kHz: 8.8 cycles, 17 or 18 sign
+            // changes, at about the level that went in.
+            let crossings = pcm.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
+            assert!((17..=18).contains(&crossings), "{mode:?}: {crossings}");
+            let rms = (pcm.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>()
+                / OPUS_FRAME_SAMPLES as f64)
+                .sqrt();
+            assert!(
+                (rms / (8000.0 / 2f64.sqrt()) - 1.0).abs() < 0.2,
+                "{mode:?}: {rms}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -1,7 +1,9 @@
 //! The per-frame paths allocate nothing in steady state: after a warm-up,
 //! 500 more frames through the jitter buffer, the inbound path (decode,
-//! FEC, concealment, resample, VAD) and the outbound path (TTS PCM,
-//! resample, pacer, encode, a barge-in) leave the allocation count where it
+//! FEC, concealment, VAD), the outbound path (TTS PCM, resample, pacer,
+//! encode, a barge-in) and the server's per-call codecs (`CallAudio`:
+//! decode with FEC after a loss and concealment of a corrupt packet, then
+//! the VAD; encode, in both Opus modes) leave the allocation count where it
 //! was.
 //!
 //! A counting global allocator needs `unsafe impl GlobalAlloc`; this test
@@ -12,10 +14,14 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use palaver_media::codec::{EncoderConfig, MAX_PACKET_BYTES, OPUS_FRAME_SAMPLES, OpusEncoder};
+use palaver_media::codec::{
+    EncoderConfig, MAX_PACKET_BYTES, OPUS_FRAME_SAMPLES, OpusEncoder, OpusMode,
+};
 use palaver_media::jitter::{JitterBuffer, JitterConfig, TIMESTAMP_STEP};
 use palaver_media::pipeline::{InboundPath, OutboundConfig, OutboundPath};
-use palaver_media::vad::SpeechDetectorConfig;
+use palaver_media::rtc::CallAudio;
+use palaver_media::vad::{SpeechDetectorConfig, VoiceActivity, WebRtcVad};
+use palaver_media::{AudioFrame, FRAME_SAMPLES};
 
 thread_local! {
     // Counted per thread, so the test harness's own threads do not count.
@@ -101,6 +107,13 @@ fn the_per_frame_paths_allocate_nothing_in_steady_state() {
         })
         .collect();
     let tts: Vec<i16> = (0..TOTAL * 480).map(|n| speech_48k(n * 2)).collect();
+    // The assistant's voice at the pipeline's 16 kHz.
+    let voice: Vec<AudioFrame> = (0..TOTAL)
+        .map(|k| AudioFrame {
+            samples: std::array::from_fn(|i| speech_48k((k * FRAME_SAMPLES + i) * 3)),
+        })
+        .collect();
+    let corrupt = [0b0000_0011u8];
 
     // The counter sees allocations on this thread.
     let probe = allocations();
@@ -111,12 +124,23 @@ fn the_per_frame_paths_allocate_nothing_in_steady_state() {
     let mut inbound = InboundPath::with_webrtc_vad(SpeechDetectorConfig::default()).unwrap();
     let mut outbound = OutboundPath::new(24_000, OutboundConfig::default()).unwrap();
     let mut packet_out = [0u8; MAX_PACKET_BYTES];
+    let mut call = CallAudio::new(EncoderConfig::default()).unwrap();
+    let mut call_celt = CallAudio::new(EncoderConfig {
+        mode: OpusMode::LowDelay,
+        complexity: 0,
+        ..EncoderConfig::default()
+    })
+    .unwrap();
+    let mut call_vad = WebRtcVad::default();
 
     let mut deferred: Option<usize> = None;
     let mut tts_offset = 0;
     let mut inbound_frames = 0u64;
     let mut outbound_packets = 0u64;
     let mut speech_frames = 0u64;
+    let mut call_frames = 0u64;
+    let mut call_speech = 0u64;
+    let mut call_bytes = 0usize;
     let mut before = 0;
     for k in 0..TOTAL {
         if k == WARM_UP {
@@ -126,7 +150,8 @@ fn the_per_frame_paths_allocate_nothing_in_steady_state() {
 
         // Inbound: lose every 17th packet (FEC) and two in a row every 50th
         // (concealment), reorder pairs every 23rd.
-        let lost = k % 17 == 5 || k % 50 == 10 || k % 50 == 11;
+        let is_lost = |k: usize| k % 17 == 5 || k % 50 == 10 || k % 50 == 11;
+        let lost = is_lost(k);
         let push = |jitter: &mut JitterBuffer, k: usize| {
             jitter.push(k as u16, (k as u32) * TIMESTAMP_STEP, &packets[k], now)
         };
@@ -162,6 +187,21 @@ fn the_per_frame_paths_allocate_nothing_in_steady_state() {
         if k % 97 == 40 {
             outbound.finish_utterance().unwrap();
         }
+
+        // CallAudio, as the server's WebRTC transport drives it: the
+        // caller's packets in order, a gap after a loss (FEC), a corrupt
+        // one now and then (concealed); one frame of the assistant's voice.
+        let previous_lost = k > 0 && is_lost(k - 1);
+        if !lost {
+            let payload: &[u8] = if k % 61 == 30 { &corrupt } else { &packets[k] };
+            call.decode(payload, !previous_lost, |frame| {
+                call_frames += 1;
+                call_speech += u64::from(call_vad.is_speech(frame));
+            })
+            .unwrap();
+        }
+        call_bytes += call.encode(&voice[k]).unwrap().len();
+        call_bytes += call_celt.encode(&voice[k]).unwrap().len();
     }
     let after = allocations();
 
@@ -178,6 +218,15 @@ fn the_per_frame_paths_allocate_nothing_in_steady_state() {
         outbound_packets >= (TOTAL - 20) as u64,
         "{outbound_packets} packets"
     );
+    assert!(
+        call_frames >= (TOTAL - 20) as u64,
+        "{call_frames} CallAudio frames"
+    );
+    assert!(
+        call_speech > call_frames / 2,
+        "VAD heard {call_speech} of CallAudio's"
+    );
+    assert!(call_bytes > TOTAL * 2 * 40, "{call_bytes} bytes encoded");
     let stats = jitter.stats();
     assert!(stats.recovered > 20 && stats.concealed > 5, "{stats:?}");
     assert_eq!(stats.late, 0, "reordered packets made their slots");
