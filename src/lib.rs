@@ -28,6 +28,7 @@ pub mod db;
 pub mod ids;
 pub mod model;
 pub mod providers;
+pub mod rooms_live;
 pub mod schema;
 pub mod server;
 pub mod state;

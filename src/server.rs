@@ -79,6 +79,7 @@ pub async fn prepare(settings: Settings) -> Result<web::Data<AppState>, StartErr
         redis,
         metrics: telemetry::metrics_handle(),
         live: Default::default(),
+        rooms: crate::rooms_live::LiveRooms::start(),
     }))
 }
 

@@ -31,6 +31,8 @@ pub struct AppState {
     pub live: LiveSessions,
     /// The UDP endpoint of every WebRTC call on this node.
     pub rtc: palaver_media::rtc::RtcEndpoint,
+    /// Live chat rooms: connections, presence, typing, event fan-out.
+    pub rooms: crate::rooms_live::LiveRooms,
 }
 
 /// The session actors running on this node, by session id.

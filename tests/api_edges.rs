@@ -1606,6 +1606,8 @@ async fn openapi_documents_every_served_route_and_only_served_routes() {
         ("POST", "/v1/auth/refresh"),
         // Authenticated, but a WebSocket upgrade: covered by tests/voice_ws.rs.
         ("GET", "/v1/sessions/{id}/ws"),
+        // A user's WebSocket of live room events: covered by tests/rooms_live.rs.
+        ("GET", "/v1/rooms/ws"),
         // Authenticated, but SDP rather than JSON: covered by tests/voice_rtc.rs.
         ("POST", "/v1/sessions/{id}/webrtc"),
         ("DELETE", "/v1/sessions/{id}/webrtc/{peer}"),

@@ -11,6 +11,7 @@ pub mod live;
 pub mod ops;
 pub mod orgs;
 pub mod rooms;
+pub mod rooms_ws;
 pub mod session_rtc;
 pub mod session_ws;
 pub mod sessions;
@@ -209,6 +210,7 @@ pub fn configure(cfg: &mut ServiceConfig<'_>) {
                 .configure(orgs::configure)
                 .configure(assistants::configure)
                 .configure(sessions::configure)
+                .configure(rooms_ws::configure)
                 .configure(rooms::configure)
                 .configure(session_ws::configure)
                 .configure(session_rtc::configure),

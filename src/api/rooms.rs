@@ -113,6 +113,14 @@ pub struct MemberView {
     /// How far this member has read; absent before their first read.
     pub last_read_message_id: Option<RoomMessageId>,
     pub joined_at: DateTime<Utc>,
+    /// Live presence (`online`, `away`, `offline`; see `GET /v1/rooms/ws`).
+    /// In the member list only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<crate::rooms_live::Status>,
+    /// When the member was last connected, if they are offline and this
+    /// node saw them. In the member list only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<DateTime<Utc>>,
 }
 
 impl From<Member> for MemberView {
@@ -122,6 +130,8 @@ impl From<Member> for MemberView {
             role: m.role,
             last_read_message_id: read_position(m.last_read_message_id),
             joined_at: utc(m.joined_at),
+            status: None,
+            last_seen: None,
         }
     }
 }
@@ -187,6 +197,13 @@ async fn room_access(
         .run(move |c| store::rooms::access(c, org, id, user))
         .await
         .map_err(not_found("room", id))
+}
+
+/// Sends a stored message's change live to the room's connected members
+/// (`GET /v1/rooms/ws`).
+async fn publish(state: &AppState, room: RoomId, kind: &str, view: &RoomMessageView) {
+    let event = serde_json::json!({ "type": kind, "message": view });
+    state.rooms.publish(&state.db, room, event).await;
 }
 
 /// The caller's user, for what only a person can do.
@@ -460,7 +477,16 @@ async fn list_members(
         .db
         .run(move |c| store::rooms::members(c, id, page))
         .await?;
-    Ok(web::Json(Page::new(rows, MemberView::from)))
+    let users = rows.0.iter().map(|m| m.user_id).collect();
+    let mut presence = state.rooms.presence(users).await.into_iter();
+    Ok(web::Json(Page::new(rows, |member| {
+        let mut view = MemberView::from(member);
+        if let Some(p) = presence.next() {
+            view.status = Some(p.status);
+            view.last_seen = p.last_seen;
+        }
+        view
+    })))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -585,7 +611,7 @@ pub struct PostMessage {
     pub idempotency_key: Option<String>,
 }
 
-fn check_body(body: &str) -> Result<(), ApiError> {
+pub(crate) fn check_body(body: &str) -> Result<(), ApiError> {
     check_len("body", body, 0, MESSAGE_MAX_CHARS)
 }
 
@@ -676,6 +702,10 @@ async fn post_message(
         })
         .await?;
     let view = RoomMessageView::from(message);
+    if created {
+        state.rooms.stop_typing(id, sender);
+        publish(&state, id, "message.new", &view).await;
+    }
     Ok(if created {
         HttpResponse::Created().json(view)
     } else {
@@ -816,7 +846,9 @@ async fn edit_message(
         .db
         .run(move |c| store::rooms::edit_message(c, id, message_id, &text))
         .await?;
-    Ok(web::Json(row.into()))
+    let view = RoomMessageView::from(row);
+    publish(&state, id, "message.updated", &view).await;
+    Ok(web::Json(view))
 }
 
 #[utoipa::path(
@@ -846,11 +878,16 @@ async fn delete_message(
             "only the author or a room owner or admin can delete a message".into(),
         ));
     }
+    let already = current.deleted_at.is_some();
     let row = state
         .db
         .run(move |c| store::rooms::delete_message(c, id, message_id))
         .await?;
-    Ok(web::Json(row.into()))
+    let view = RoomMessageView::from(row);
+    if !already {
+        publish(&state, id, "message.deleted", &view).await;
+    }
+    Ok(web::Json(view))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -906,6 +943,15 @@ async fn mark_read(
             }
             other => other.into(),
         })?;
+    if receipt.moved {
+        let event = serde_json::json!({
+            "type": "read.receipt",
+            "room_id": receipt.room_id,
+            "user_id": receipt.user_id,
+            "last_read_message_id": receipt.last_read_message_id,
+        });
+        state.rooms.publish(&state.db, id, event).await;
+    }
     Ok(web::Json(ReadView {
         room_id: receipt.room_id,
         user_id: receipt.user_id,
