@@ -1,16 +1,32 @@
 #!/usr/bin/env bash
-# Voice-over-WebSocket figures for BENCHMARKS.md: a release server on loopback
+# Voice-session figures for BENCHMARKS.md: a release server on loopback
 # (SQLite) whose OpenAI-compatible providers are palaver-loadtest's fakes,
-# driven by `palaver-loadtest voice-ws` (typed turns, 30 % of callers cutting
-# in). Two provider settings: zero latency (the server alone), then a
-# realistic one (LLM first token 300 ms, TTS first byte 150 ms).
-# Usage: scripts/bench-voice.sh [callers…]   (default: 10 50 100)
+# driven by `palaver-loadtest voice-ws` or `voice-rtc` (typed turns, 30 % of
+# callers cutting in). Two provider settings: zero latency (the server alone),
+# then a realistic one (LLM first token 300 ms, TTS first byte 150 ms).
+#
+# Usage: [TRANSPORT=ws|webrtc] scripts/bench-voice.sh [callers…]
+#   callers        default: 10 50 100
+#   TRANSPORT      ws (default): voice-ws; webrtc: voice-rtc (webrtc-rs callers)
+#   TURNS          turns per caller (default 3)
+#   PHASES         which provider settings: "zero-latency realistic" (default)
+#   LOADTEST_ARGS  more palaver-loadtest arguments (e.g. "--decode-audio",
+#                  "--worker-threads 1" for voice-rtc)
+#   BENCH_JSON_DIR keep the JSON reports and /metrics here
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ $# -gt 0 ]; then callers_list=("$@"); else callers_list=(10 50 100); fi
 turns="${TURNS:-3}"
+transport="${TRANSPORT:-ws}"
+case "$transport" in
+  ws | websocket) transport=ws scenario=voice-ws ;;
+  webrtc | rtc) transport=webrtc scenario=voice-rtc ;;
+  *) echo "TRANSPORT is ws or webrtc, not $transport" >&2; exit 2 ;;
+esac
+read -r -a phases <<<"${PHASES:-zero-latency realistic}"
+read -r -a extra_args <<<"${LOADTEST_ARGS:-}"
 cargo build --release -p palaver --bin palaver -p palaver-loadtest --bin palaver-loadtest
-bin=target/release
+bin="${CARGO_TARGET_DIR:-target}/release"
 work="$(mktemp -d)"
 server_pid=""
 fake_pid=""
@@ -35,7 +51,7 @@ phase() {
   local llm_ms="$1" tts_ms="$2" name="$3"
   rm -f "$work"/palaver.db* "$work"/jwt.key
   export PALAVER_DATABASE_SQLITE_PATH="$work/palaver.db" PALAVER_AUTH_JWT_SECRET_FILE="$work/jwt.key"
-  $bin/palaver-loadtest fake-providers --bind 127.0.0.1:0 \
+  "$bin"/palaver-loadtest fake-providers --bind 127.0.0.1:0 \
     --llm-delay-ms "$llm_ms" --tts-delay-ms "$tts_ms" >"$work/$name.url" 2>"$work/fake.log" &
   fake_pid=$!
   local fake_url=""
@@ -47,21 +63,28 @@ phase() {
   [ -n "$fake_url" ] || { cat "$work/fake.log" >&2; exit 1; }
   export PALAVER_PROVIDERS_OPENAI_BASE_URL="$fake_url" OPENAI_API_KEY=sk-fake
   local org key
-  org="$($bin/palaver admin create-org bench 2>/dev/null)"
-  key="$($bin/palaver admin create-key --org "$org" 2>/dev/null)"
-  $bin/palaver serve 2>"$work/server.log" &
+  org="$("$bin"/palaver admin create-org bench 2>/dev/null)"
+  key="$("$bin"/palaver admin create-key --org "$org" 2>/dev/null)"
+  "$bin"/palaver serve 2>"$work/server.log" &
   server_pid=$!
   for _ in $(seq 1 50); do curl -sf http://127.0.0.1:18081/healthz >/dev/null && break; sleep 0.1; done
-  echo "== $name: fake LLM first byte ${llm_ms} ms, TTS first byte ${tts_ms} ms; $(nproc) cores, server workers = cores"
-  local status=0
+  echo "== $name over $transport: fake LLM first byte ${llm_ms} ms, TTS first byte ${tts_ms} ms; $(nproc) cores, server workers = cores"
+  [ "$transport" = webrtc ] && echo "   server Opus: complexity ${PALAVER_RTC_OPUS_COMPLEXITY:-default (5)}, ${PALAVER_RTC_OPUS_BITRATE_BPS:-default (32000)} bit/s"
+  local status=0 out="${BENCH_JSON_DIR:-$work}" prefix=voice
+  [ "$transport" = webrtc ] && prefix=voice-rtc
   for callers in "${callers_list[@]}"; do
     echo "-- $callers callers × $turns turns, 30 % barge-in, ramp 20/s; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-    # Without --assistant-id, voice-ws creates one (openai LLM and TTS).
-    PALAVER_API_KEY="$key" $bin/palaver-loadtest voice-ws --url http://127.0.0.1:18081 \
+    # Without --assistant-id, the scenario creates one (openai LLM and TTS).
+    PALAVER_API_KEY="$key" "$bin"/palaver-loadtest "$scenario" --url http://127.0.0.1:18081 \
       --callers "$callers" --turns "$turns" --barge-in-share 0.3 \
       --ramp-per-second 20 --max-seconds 120 --server-pid "$server_pid" \
-      --providers-url "$fake_url" --json "${BENCH_JSON_DIR:-$work}/voice-$name-$callers.json" || status=1
+      --providers-url "$fake_url" --json "$out/$prefix-$name-$callers.json" \
+      ${extra_args[@]+"${extra_args[@]}"} || status=1
+    echo "   load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
   done
+  # The server's own counters over the phase (WebRTC socket, sessions).
+  curl -sf --max-time 10 http://127.0.0.1:18081/metrics >"$out/$prefix-$name-metrics.txt" || true
+  grep -E '^palaver_(rtc_[a-z_]+|sessions_[a-z]+)(\{[^}]*\})? ' "$out/$prefix-$name-metrics.txt" || true
   if [ "$status" != 0 ]; then
     echo "-- failures; the server log's tail:" >&2
     tail -n 20 "$work/server.log" >&2
@@ -71,6 +94,11 @@ phase() {
 }
 
 overall=0
-phase 0 0 zero-latency || overall=1
-phase 300 150 realistic || overall=1
+for p in "${phases[@]}"; do
+  case "$p" in
+    zero-latency) phase 0 0 zero-latency || overall=1 ;;
+    realistic) phase 300 150 realistic || overall=1 ;;
+    *) echo "unknown phase $p (zero-latency, realistic)" >&2; overall=1 ;;
+  esac
+done
 exit "$overall"

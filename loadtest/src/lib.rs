@@ -5,19 +5,25 @@
 //!
 //! - [`rest`]: the control-plane scenario: concurrent clients create and end
 //!   sessions (or list assistants) through the REST API.
-//! - [`voice_ws`]: voice sessions over the server's WebSocket transport:
-//!   callers type their turns (and some cut in), timed at the transport.
+//! - [`voice`]: the voice scenario whatever the transport: callers type
+//!   their turns (and some cut in), timed at the transport; first text,
+//!   first audio, turn, barge-in stop, frame jitter, failures with reasons.
+//! - [`voice_ws`]: that scenario over the server's WebSocket transport.
+//! - [`voice_rtc`]: that scenario over WebRTC ([`rtc_caller`]: webrtc-rs
+//!   callers, Opus both ways, events on a data channel).
 //! - [`fake_providers`]: an OpenAI-compatible fake (chat, speech,
 //!   transcription) with configurable latency, for the server to talk to.
 //! - [`resources`]: the server process's CPU and memory, from `/proc`.
 //! - [`report`]: HdrHistogram percentiles per operation, printed and as JSON.
 //!
-//! The WebRTC and chat scenarios join with that work. This crate never links
-//! the server: everything goes through HTTP and WebSocket.
+//! The chat scenarios join with that work. This crate never links the
+//! server: everything goes through HTTP, WebSocket and WebRTC.
 
 pub mod fake_providers;
 pub mod report;
 pub mod resources;
 pub mod rest;
 pub mod rtc_caller;
+pub mod voice;
+pub mod voice_rtc;
 pub mod voice_ws;

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use palaver_loadtest::fake_providers::{self, DEFAULT_REPLY, FakeProvidersConfig};
 use palaver_loadtest::report::Report;
 use palaver_loadtest::rest::{self, RestConfig, RestScenario, RunError};
+use palaver_loadtest::voice_rtc::{self, RtcOptions};
 use palaver_loadtest::voice_ws::{self, VoiceConfig};
 
 /// Load-test a running Palaver server over the wire.
@@ -50,53 +51,25 @@ enum Command {
     /// Voice sessions over WebSocket: callers type turns, some cut in;
     /// first text, first audio, turn, barge-in stop and frame jitter are
     /// timed at the transport.
-    VoiceWs {
-        /// Server base URL.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        url: String,
-        /// Organization API key (raise the server's limits for big runs).
-        #[arg(long, env = "PALAVER_API_KEY", hide_env_values = true)]
-        api_key: String,
-        /// Use this assistant; one with the openai LLM and TTS is created
-        /// when absent.
+    VoiceWs(VoiceArgs),
+    /// Voice sessions over WebRTC (webrtc-rs callers, Opus both ways, events
+    /// on the `events` data channel): the voice-ws scenario and figures, plus
+    /// RTP counts (missing, out of order).
+    VoiceRtc {
+        #[command(flatten)]
+        voice: VoiceArgs,
+        /// Decode the server's Opus (CPU on the load generator; timing does
+        /// not need it; decode errors are counted when on).
         #[arg(long)]
-        assistant_id: Option<i64>,
-        /// Concurrent callers.
-        #[arg(long, default_value_t = 10)]
-        callers: usize,
-        /// Replies each caller hears to the end.
-        #[arg(long, default_value_t = 3)]
-        turns: u32,
-        /// Share of callers (0 to 1) that cut into every reply.
-        #[arg(long, default_value_t = 0.3)]
-        barge_in_share: f64,
-        /// Audio frames (20 ms each) heard before cutting in.
-        #[arg(long, default_value_t = 10)]
-        barge_in_after_frames: usize,
-        /// Callers started per second (0: all at once).
-        #[arg(long, default_value_t = 20.0)]
-        ramp_per_second: f64,
-        /// No caller or turn starts after this many seconds.
-        #[arg(long, default_value_t = 120)]
-        max_seconds: u64,
-        /// A caller hearing nothing this long while waiting has failed.
-        #[arg(long, default_value_t = 30)]
-        idle_timeout_seconds: u64,
-        /// What callers type.
-        #[arg(long, default_value = "Do you have a room tonight?")]
-        message: String,
-        /// What barge-in callers type to cut in.
-        #[arg(long, default_value = "Sorry, how much is it?")]
-        interruption: String,
-        /// Sample this process (the server) for CPU and RSS once a second.
+        decode_audio: bool,
+        /// Received packets a caller holds unread before dropping new ones.
+        #[arg(long, default_value_t = 500)]
+        audio_queue: usize,
+        /// Tokio worker threads for the callers' WebRTC stacks (the
+        /// scenario itself runs on the main thread); 0 runs everything on
+        /// the main thread. Default: the number of cores.
         #[arg(long)]
-        server_pid: Option<u32>,
-        /// The fake providers' base URL, to report their configured latency.
-        #[arg(long)]
-        providers_url: Option<String>,
-        /// Also write the report as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
+        worker_threads: Option<usize>,
     },
     /// An OpenAI-compatible fake (chat SSE, speech PCM, transcriptions) on
     /// loopback; prints its base URL, serves until SIGINT/SIGTERM.
@@ -131,6 +104,80 @@ enum Command {
     },
 }
 
+/// What both voice scenarios take.
+#[derive(Debug, clap::Args)]
+struct VoiceArgs {
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Organization API key (raise the server's limits for big runs).
+    #[arg(long, env = "PALAVER_API_KEY", hide_env_values = true)]
+    api_key: String,
+    /// Use this assistant; one with the openai LLM and TTS is created
+    /// when absent.
+    #[arg(long)]
+    assistant_id: Option<i64>,
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 10)]
+    callers: usize,
+    /// Replies each caller hears to the end.
+    #[arg(long, default_value_t = 3)]
+    turns: u32,
+    /// Share of callers (0 to 1) that cut into every reply.
+    #[arg(long, default_value_t = 0.3)]
+    barge_in_share: f64,
+    /// Audio frames (20 ms each) heard before cutting in.
+    #[arg(long, default_value_t = 10)]
+    barge_in_after_frames: usize,
+    /// Callers started per second (0: all at once).
+    #[arg(long, default_value_t = 20.0)]
+    ramp_per_second: f64,
+    /// No caller or turn starts after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    max_seconds: u64,
+    /// A caller hearing nothing this long while waiting has failed.
+    #[arg(long, default_value_t = 30)]
+    idle_timeout_seconds: u64,
+    /// What callers type.
+    #[arg(long, default_value = "Do you have a room tonight?")]
+    message: String,
+    /// What barge-in callers type to cut in.
+    #[arg(long, default_value = "Sorry, how much is it?")]
+    interruption: String,
+    /// Sample this process (the server) for CPU and RSS once a second.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The fake providers' base URL, to report their configured latency.
+    #[arg(long)]
+    providers_url: Option<String>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+impl VoiceArgs {
+    /// The scenario's settings, and where to write the JSON report.
+    fn into_config(self) -> (VoiceConfig, Option<PathBuf>) {
+        let config = VoiceConfig {
+            base_url: self.url,
+            api_key: self.api_key,
+            assistant_id: self.assistant_id,
+            callers: self.callers,
+            turns: self.turns,
+            barge_in_share: self.barge_in_share,
+            barge_in_after_frames: self.barge_in_after_frames,
+            ramp_per_second: self.ramp_per_second,
+            max_duration: Duration::from_secs(self.max_seconds),
+            idle_timeout: Duration::from_secs(self.idle_timeout_seconds),
+            message: self.message,
+            interruption: self.interruption,
+            server_pid: self.server_pid,
+            fake_providers_url: self.providers_url,
+        };
+        (config, self.json)
+    }
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Rest {
@@ -161,41 +208,47 @@ fn main() -> ExitCode {
             };
             finish(runtime.block_on(rest::run(config)), json)
         }
-        Command::VoiceWs {
-            url,
-            api_key,
-            assistant_id,
-            callers,
-            turns,
-            barge_in_share,
-            barge_in_after_frames,
-            ramp_per_second,
-            max_seconds,
-            idle_timeout_seconds,
-            message,
-            interruption,
-            server_pid,
-            providers_url,
-            json,
-        } => {
-            let config = VoiceConfig {
-                base_url: url,
-                api_key,
-                assistant_id,
-                callers,
-                turns,
-                barge_in_share,
-                barge_in_after_frames,
-                ramp_per_second,
-                max_duration: Duration::from_secs(max_seconds),
-                idle_timeout: Duration::from_secs(idle_timeout_seconds),
-                message,
-                interruption,
-                server_pid,
-                fake_providers_url: providers_url,
-            };
+        Command::VoiceWs(voice) => {
+            let (config, json) = voice.into_config();
             // awc's WebSocket client runs on an actix System (one thread).
             let result = actix_rt::System::new().block_on(voice_ws::run(config));
+            finish(result, json)
+        }
+        Command::VoiceRtc {
+            voice,
+            decode_audio,
+            audio_queue,
+            worker_threads,
+        } => {
+            let (config, json) = voice.into_config();
+            let options = RtcOptions {
+                decode_audio,
+                audio_queue,
+            };
+            // The callers share one thread (a LocalSet); webrtc-rs's
+            // per-call drivers go to the runtime's workers.
+            let workers = worker_threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            let runtime = if workers == 0 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(workers)
+                    .enable_all()
+                    .build()
+            };
+            let runtime = match runtime {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    eprintln!("palaver-loadtest: cannot start the runtime: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            let result = runtime.block_on(local.run_until(voice_rtc::run(config, options)));
             finish(result, json)
         }
         Command::FakeProviders {

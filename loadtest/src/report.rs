@@ -123,6 +123,37 @@ pub struct VoiceFigures {
     /// The server process (when its pid was given).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerResources>,
+    /// The load generator's own process (its CPU is what the callers'
+    /// transport stack cost; `rss_per_caller_kib` is per caller too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_generator: Option<ServerResources>,
+    /// What the WebRTC callers counted (WebRTC runs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtc: Option<RtcFigures>,
+}
+
+/// RTP and data channel counts of a WebRTC run, summed over callers.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RtcFigures {
+    /// Packets of the server's audio received, and their Opus payload bytes.
+    pub packets_received: u64,
+    pub payload_bytes_received: u64,
+    /// Packets missing from the sequence numbers: lost on the way, or never
+    /// sent (the server numbers every packet it sends).
+    pub packets_missing: u64,
+    /// Packets that arrived after a later one, or twice.
+    pub packets_out_of_order: u64,
+    /// Packets received but let go by a caller that did not read them in
+    /// time (the load generator's fault, not the server's).
+    pub packets_dropped_by_callers: u64,
+    /// Whether callers decoded the audio (`--decode-audio`).
+    pub decoded: bool,
+    pub frames_decoded: u64,
+    pub decode_errors: u64,
+    /// JSON messages received on the `events` data channel.
+    pub events_received: u64,
+    /// Data channel messages that were not JSON.
+    pub invalid_events: u64,
 }
 
 /// The fake providers' configured latency, to read the server's own share
@@ -224,7 +255,7 @@ impl Report {
             ));
             if let Some(first_audio) = self
                 .operations
-                .get(crate::voice_ws::FIRST_AUDIO)
+                .get(crate::voice::FIRST_AUDIO)
                 .filter(|o| o.ok > 0)
             {
                 let providers = (p.llm_delay_ms + p.tts_delay_ms) as f64;
@@ -237,18 +268,41 @@ impl Report {
                 ));
             }
         }
-        if let Some(s) = &v.server {
+        if let Some(r) = &v.rtc {
             out.push_str(&format!(
-                "server pid {}: RSS peak {:.1} MiB (start {:.1} MiB, +{:.0} KiB per caller), \
-                 CPU mean {:.0} % (busiest second {:.0} %) over {} samples\n",
-                s.pid,
-                s.peak_rss_mib,
-                s.baseline_rss_mib,
-                s.rss_per_caller_kib,
-                s.mean_cpu_percent,
-                s.max_cpu_percent,
-                s.samples,
+                "rtp: {} packets ({} KiB of Opus) received, {} missing from the sequence, \
+                 {} out of order, {} dropped unread by the callers; {} events on the data \
+                 channel ({} not JSON)",
+                r.packets_received,
+                r.payload_bytes_received / 1024,
+                r.packets_missing,
+                r.packets_out_of_order,
+                r.packets_dropped_by_callers,
+                r.events_received,
+                r.invalid_events,
             ));
+            if r.decoded {
+                out.push_str(&format!(
+                    "; {} frames decoded, {} decode errors",
+                    r.frames_decoded, r.decode_errors
+                ));
+            }
+            out.push('\n');
+        }
+        for (who, s) in [("server", &v.server), ("load generator", &v.load_generator)] {
+            if let Some(s) = s {
+                out.push_str(&format!(
+                    "{who} pid {}: RSS peak {:.1} MiB (start {:.1} MiB, +{:.0} KiB per caller), \
+                     CPU mean {:.0} % (busiest second {:.0} %) over {} samples\n",
+                    s.pid,
+                    s.peak_rss_mib,
+                    s.baseline_rss_mib,
+                    s.rss_per_caller_kib,
+                    s.mean_cpu_percent,
+                    s.max_cpu_percent,
+                    s.samples,
+                ));
+            }
         }
         out
     }

@@ -350,7 +350,7 @@ async fn receive_audio(track: Arc<dyn TrackRemote>, mut inbound: Inbound) {
 async fn pump_events(
     channel: Arc<dyn DataChannel>,
     open: watch::Sender<ChannelState>,
-    events_tx: mpsc::UnboundedSender<Value>,
+    events_tx: mpsc::UnboundedSender<(Instant, Value)>,
     counters: Arc<Counters>,
 ) {
     while let Some(event) = channel.poll().await {
@@ -359,11 +359,12 @@ async fn pump_events(
                 open.send_replace(ChannelState::Open);
             }
             DataChannelEvent::OnMessage(message) => {
+                let at = Instant::now();
                 match serde_json::from_slice::<Value>(&message.data) {
                     Ok(value) => {
                         bump(&counters.events_received, 1);
                         // A caller that stopped reading events is fine.
-                        let _ = events_tx.send(value);
+                        let _ = events_tx.send((at, value));
                     }
                     Err(_) => bump(&counters.invalid_events, 1),
                 }
@@ -392,7 +393,8 @@ pub struct RtcCaller {
     payload_type: u8,
     outbound: StdMutex<Outbound>,
     audio_rx: Mutex<mpsc::Receiver<ReceivedAudio>>,
-    events_rx: Mutex<mpsc::UnboundedReceiver<Value>>,
+    /// Events with their arrival times.
+    events_rx: Mutex<mpsc::UnboundedReceiver<(Instant, Value)>>,
     counters: Arc<Counters>,
     signals: Arc<Signals>,
     connection: watch::Receiver<RTCPeerConnectionState>,
@@ -606,11 +608,23 @@ impl RtcCaller {
     /// The next event from the server, or `None` once the `events` channel
     /// closed and everything received was read.
     pub async fn recv_event(&self) -> Option<Value> {
-        self.events_rx.lock().await.recv().await
+        self.recv_event_at().await.map(|(_, event)| event)
     }
 
     /// An event already received, without waiting.
     pub fn try_recv_event(&self) -> Option<Value> {
+        self.try_recv_event_at().map(|(_, event)| event)
+    }
+
+    /// [`RtcCaller::recv_event`] with the event's arrival [`Instant`] (when
+    /// the data channel delivered it, like [`ReceivedAudio::at`]), so a
+    /// reader that falls behind can still order events and audio.
+    pub async fn recv_event_at(&self) -> Option<(Instant, Value)> {
+        self.events_rx.lock().await.recv().await
+    }
+
+    /// [`RtcCaller::try_recv_event`] with the event's arrival [`Instant`].
+    pub fn try_recv_event_at(&self) -> Option<(Instant, Value)> {
         self.events_rx.try_lock().ok()?.try_recv().ok()
     }
 
@@ -800,7 +814,7 @@ pub fn opus_track(stream_id: &str, track_id: &str) -> (Arc<TrackLocalStaticRTP>,
 async fn prepare(
     bind: SocketAddr,
     inbound: Inbound,
-    events_tx: mpsc::UnboundedSender<Value>,
+    events_tx: mpsc::UnboundedSender<(Instant, Value)>,
     counters: Arc<Counters>,
 ) -> Result<Prepared, RtcCallerError> {
     let (gathering_tx, gathering) = watch::channel(RTCIceGatheringState::New);

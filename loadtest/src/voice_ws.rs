@@ -1,445 +1,65 @@
 //! The `voice-ws` scenario: callers holding voice sessions over the server's
 //! WebSocket transport and typing their turns, timed at the transport.
 //!
-//! Each caller creates a session over REST, joins its `ws_url` with the join
-//! token, waits for `session.started`, and for every turn sends a
-//! `user-message` and reads every frame as it arrives until the reply is done:
+//! What a run does and measures is the shared voice scenario ([`voice`]);
+//! this module is its WebSocket [`Transport`]: join `ws_url?token=…`, send
+//! `user-message` / `end-session` as text frames, read events (text frames)
+//! and audio (binary frames of 20 ms, 16 kHz PCM16), each stamped when it was
+//! read off the socket.
 //!
-//! - `first-text`: message sent → first `assistant.delta`;
-//! - `first-audio`: message sent → first binary audio frame (the
-//!   voice-to-voice of a typed turn, the providers' latency included);
-//! - `turn`: message sent → `assistant.done` (the reply's audio is paced in
-//!   real time, so this includes playing it out);
-//! - `frame-jitter`: |gap − 20 ms| between successive audio frames of a reply;
-//! - `server-v2v`: the server's own view, `turn.metrics.voice_to_voice_ms`.
+//! [`run`] must be awaited inside an actix System (`actix_rt::System`,
+//! `#[actix_web::test]`): awc's client is not `Send` and runs on the
+//! System's thread, with all the callers.
 //!
-//! Barge-in callers cut into every reply after hearing
-//! `barge_in_after_frames` of its frames, with a second message:
-//!
-//! - `barge-in-stop`: that message sent → the last audio frame of the cut
-//!   reply received (frames arriving before `assistant.interrupted` are the
-//!   cut reply's; 0 when none arrived after the message);
-//! - `interrupted-event`: that message sent → `assistant.interrupted`.
-//!
-//! The reply to the interruption is then timed like any other.
-//!
-//! The server streams a reply's text before its audio, so audio frames that
-//! arrive before a reply's first `assistant.delta` are not that reply's: they
-//! are the previous reply's, sent after its `assistant.done` (or after its
-//! `assistant.interrupted`). They are counted as late frames, not as the new
-//! reply's first audio. Failures
-//! (REST, connect, timeouts, `error` events, missing events) are counted per
-//! operation with their reason. The run is bounded by callers × turns and by
-//! `max_duration`, after which no turn starts (and whatever is still waiting
-//! `idle_timeout` later is cut off, as a failure).
-//!
-//! All callers are tasks on the current thread, sharing one set of
-//! histograms: [`run`] must be awaited inside an actix System
-//! (`actix_rt::System`, `#[actix_web::test]`), because awc's client is not
-//! `Send`. What a turn's frames mean lives in [`TurnProbe`], a plain struct
-//! fed with frames and their arrival times, so its rules are tested without a
-//! socket.
+//! [`voice`]: crate::voice
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
-use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use awc::ws::{Frame, Message};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::fake_providers::FakeStats;
-use crate::report::{OpStats, ProviderFigures, Report, VoiceFigures};
-use crate::resources::ProcessSampler;
-use crate::rest::{ApiClient, RunError};
+use crate::report::Report;
+use crate::rest::RunError;
+use crate::voice::{self, Incoming, Transport};
 
-pub const CREATE_SESSION: &str = "create-session";
+pub use crate::voice::{
+    BARGE_IN_STOP, CREATE_SESSION, END_SESSION, ERROR_EVENTS, FIRST_AUDIO, FIRST_TEXT,
+    FRAME_JITTER, HANG_UP, INTERRUPTED_EVENT, SERVER_V2V, TRANSPORT_OVERHEAD, TURN, VoiceConfig,
+};
+
 /// Connect → `session.started`.
 pub const WS_CONNECT: &str = "ws-connect";
-pub const FIRST_TEXT: &str = "first-text";
-pub const FIRST_AUDIO: &str = "first-audio";
-pub const TURN: &str = "turn";
-pub const FRAME_JITTER: &str = "frame-jitter";
-pub const SERVER_V2V: &str = "server-v2v";
-pub const BARGE_IN_STOP: &str = "barge-in-stop";
-pub const INTERRUPTED_EVENT: &str = "interrupted-event";
-/// `end-session` sent → `session-ended`.
-pub const END_SESSION: &str = "end-session";
-/// `error` events from the server, by code (never latencies).
-pub const ERROR_EVENTS: &str = "error-events";
 
 /// The server's audio frames: 20 ms of 16 kHz mono PCM16.
 const FRAME_BYTES: usize = 640;
-const FRAME_INTERVAL: Duration = Duration::from_millis(20);
 /// Largest frame a caller accepts from the server.
 const MAX_FRAME_BYTES: usize = 256 * 1024;
-/// How often the server process is sampled.
-const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// What a voice run does.
-#[derive(Debug, Clone)]
-pub struct VoiceConfig {
-    /// e.g. `http://127.0.0.1:8080`
-    pub base_url: String,
-    pub api_key: String,
-    /// Use this assistant; one with the `openai` LLM and TTS is created when
-    /// absent. If it has a first message, callers hear it out before typing.
-    pub assistant_id: Option<i64>,
-    pub callers: usize,
-    /// Replies each caller hears to the end.
-    pub turns: u32,
-    /// Share of callers (0 to 1) that cut into every reply.
-    pub barge_in_share: f64,
-    /// Audio frames of a reply a barge-in caller hears before cutting in.
-    pub barge_in_after_frames: usize,
-    /// Callers started per second; 0 starts them all at once.
-    pub ramp_per_second: f64,
-    /// No caller or turn starts after this long.
-    pub max_duration: Duration,
-    /// A caller that receives nothing for this long while waiting has
-    /// failed; it is also the grace after `max_duration` before the run is
-    /// cut off.
-    pub idle_timeout: Duration,
-    /// What callers type.
-    pub message: String,
-    /// What barge-in callers type to cut in.
-    pub interruption: String,
-    /// Sample this process's CPU and memory (the server's pid).
-    pub server_pid: Option<u32>,
-    /// The fake providers' base URL (`http://…/v1`), to report their
-    /// configured latency and the requests they answered.
-    pub fake_providers_url: Option<String>,
-}
-
-impl Default for VoiceConfig {
-    fn default() -> Self {
-        Self {
-            base_url: "http://127.0.0.1:8080".to_owned(),
-            api_key: String::new(),
-            assistant_id: None,
-            callers: 10,
-            turns: 3,
-            barge_in_share: 0.3,
-            barge_in_after_frames: 10,
-            ramp_per_second: 20.0,
-            max_duration: Duration::from_secs(120),
-            idle_timeout: Duration::from_secs(30),
-            message: "Do you have a room tonight?".to_owned(),
-            interruption: "Sorry, how much is it?".to_owned(),
-            server_pid: None,
-            fake_providers_url: None,
-        }
-    }
-}
-
-/// Whether caller `index` of `callers` barges in: `round(callers × share)`
-/// of them, spread evenly.
-fn barges_in(index: usize, callers: usize, share: f64) -> bool {
-    let callers = callers.max(1);
-    let count = (callers as f64 * share.clamp(0.0, 1.0)).round() as usize;
-    (index + 1) * count / callers > index * count / callers
-}
-
-/// Latencies and counts of the whole run; every caller writes here between
-/// two awaits (never across one), all on one thread.
-#[derive(Debug, Default)]
-struct VoiceStats {
-    ops: BTreeMap<&'static str, OpStats>,
-    callers_not_started: usize,
-    turns_completed: u64,
-    turns_not_run: u64,
-    barge_ins_sent: u64,
-    barge_ins_observed: u64,
-    audio_frames: u64,
-    late_frames_after_done: u64,
-    late_frames_after_interrupted: u64,
-    turns_with_late_audio: u64,
-}
-
-impl VoiceStats {
-    fn record(&mut self, op: &'static str, latency: Duration) {
-        self.ops.entry(op).or_default().record(latency);
-    }
-
-    fn fail(&mut self, op: &'static str, reason: impl Into<String>) {
-        self.ops.entry(op).or_default().fail(reason.into());
-    }
-}
-
-/// One reply being timed.
-#[derive(Debug, Clone, Copy)]
-struct ReplyClock {
-    /// When the message that asked for it was sent.
-    asked_at: Instant,
-    /// Its first `assistant.delta` (or an `error`, after which an apology is
-    /// spoken) arrived: audio before that is not its own.
-    started: bool,
-    first_text: bool,
-    first_audio: bool,
-    frames: usize,
-    last_frame: Option<Instant>,
-    /// Its `assistant.done` arrived.
-    done: bool,
-}
-
-impl ReplyClock {
-    fn new(asked_at: Instant) -> Self {
-        Self {
-            asked_at,
-            started: false,
-            first_text: false,
-            first_audio: false,
-            frames: 0,
-            last_frame: None,
-            done: false,
-        }
-    }
-}
-
-/// An interruption sent whose `assistant.interrupted` has not come yet.
-#[derive(Debug, Clone, Copy)]
-struct Cut {
-    sent_at: Instant,
-    /// The cut reply's last frame received since.
-    last_frame: Option<Instant>,
-}
-
-/// What the driver of a turn does next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Step {
-    /// Keep reading.
-    Read,
-    /// Send the interruption now, then tell [`TurnProbe::interruption_sent`].
-    Interrupt,
-    /// The turn is over: the reply's `turn.metrics` arrived.
-    Finished,
-    /// The turn cannot go on (the session ended); why.
-    Fatal(String),
-}
-
-/// How the reply before the current one ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PreviousEnd {
-    Done,
-    Interrupted,
-}
-
-/// Follows one typed turn through the frames the server sends, recording its
-/// latencies. Fed by the socket reader; no I/O, no clock of its own.
-#[derive(Debug)]
-struct TurnProbe {
-    reply: ReplyClock,
-    /// Frames of the reply to hear before cutting in; `None` for a caller
-    /// that does not barge in, and once it did.
-    barge_in_after: Option<usize>,
-    cutting: Option<Cut>,
-    previous_end: PreviousEnd,
-    /// Late frames (of an earlier reply) arrived during this turn.
-    saw_late_audio: bool,
-}
-
-impl TurnProbe {
-    fn new(asked_at: Instant, barge_in_after: Option<usize>) -> Self {
-        Self {
-            reply: ReplyClock::new(asked_at),
-            barge_in_after: barge_in_after.map(|n| n.max(1)),
-            cutting: None,
-            previous_end: PreviousEnd::Done,
-            saw_late_audio: false,
-        }
-    }
-
-    /// The event the turn is waiting for, to name it when it does not come.
-    fn waiting_for(&self) -> &'static str {
-        if self.cutting.is_some() {
-            "assistant.interrupted"
-        } else if self.reply.done {
-            "turn.metrics"
-        } else if !self.reply.first_text {
-            "assistant.delta"
-        } else if !self.reply.first_audio {
-            "audio"
-        } else {
-            "assistant.done"
-        }
-    }
-
-    fn interruption_sent(&mut self, at: Instant) {
-        self.cutting = Some(Cut {
-            sent_at: at,
-            last_frame: None,
-        });
-    }
-
-    fn on_audio(&mut self, at: Instant, stats: &mut VoiceStats) -> Step {
-        stats.audio_frames += 1;
-        if !self.reply.started && self.cutting.is_none() {
-            match self.previous_end {
-                PreviousEnd::Done => stats.late_frames_after_done += 1,
-                PreviousEnd::Interrupted => stats.late_frames_after_interrupted += 1,
-            }
-            if !self.saw_late_audio {
-                self.saw_late_audio = true;
-                stats.turns_with_late_audio += 1;
-            }
-            return Step::Read;
-        }
-        let reply = &mut self.reply;
-        if let Some(previous) = reply.last_frame {
-            let gap = at.saturating_duration_since(previous);
-            stats.record(FRAME_JITTER, gap.abs_diff(FRAME_INTERVAL));
-        }
-        if !reply.first_audio {
-            reply.first_audio = true;
-            stats.record(FIRST_AUDIO, at.saturating_duration_since(reply.asked_at));
-        }
-        reply.frames += 1;
-        reply.last_frame = Some(at);
-        if let Some(cut) = &mut self.cutting {
-            cut.last_frame = Some(at);
-        }
-        if self.barge_in_after.is_some_and(|n| reply.frames >= n) {
-            self.barge_in_after = None;
-            return Step::Interrupt;
-        }
-        Step::Read
-    }
-
-    fn on_event(&mut self, at: Instant, event: &Value, stats: &mut VoiceStats) -> Step {
-        match event["type"].as_str().unwrap_or_default() {
-            "assistant.delta" if !self.reply.first_text => {
-                self.reply.started = true;
-                self.reply.first_text = true;
-                let latency = at.saturating_duration_since(self.reply.asked_at);
-                stats.record(FIRST_TEXT, latency);
-            }
-            "assistant.interrupted" => match self.cutting.take() {
-                Some(cut) => {
-                    let stop = cut
-                        .last_frame
-                        .map_or(Duration::ZERO, |f| f.saturating_duration_since(cut.sent_at));
-                    stats.record(BARGE_IN_STOP, stop);
-                    stats.record(INTERRUPTED_EVENT, at.saturating_duration_since(cut.sent_at));
-                    stats.barge_ins_observed += 1;
-                    self.reply = ReplyClock::new(cut.sent_at);
-                    self.previous_end = PreviousEnd::Interrupted;
-                }
-                None => stats.fail(
-                    INTERRUPTED_EVENT,
-                    "assistant.interrupted without a barge-in",
-                ),
-            },
-            "assistant.done" => {
-                if let Some(cut) = self.cutting.take() {
-                    // The reply ended before the interruption reached the
-                    // server: nothing was cut, and the interruption gets a
-                    // reply of its own.
-                    stats.fail(
-                        INTERRUPTED_EVENT,
-                        "no assistant.interrupted: the reply ended before the interruption arrived",
-                    );
-                    self.reply = ReplyClock::new(cut.sent_at);
-                    self.previous_end = PreviousEnd::Done;
-                    return Step::Read;
-                }
-                if self.reply.done {
-                    return Step::Read;
-                }
-                if !self.reply.first_text {
-                    stats.fail(FIRST_TEXT, "no assistant.delta before assistant.done");
-                }
-                if !self.reply.first_audio {
-                    stats.fail(FIRST_AUDIO, "no audio before assistant.done");
-                }
-                if self.barge_in_after.take().is_some() {
-                    stats.fail(
-                        INTERRUPTED_EVENT,
-                        "no barge-in: the reply was shorter than the frames to hear first",
-                    );
-                }
-                self.reply.done = true;
-                stats.record(TURN, at.saturating_duration_since(self.reply.asked_at));
-            }
-            // A `turn.metrics` before the reply is done belongs to an earlier
-            // reply (one that ended before an interruption arrived).
-            "turn.metrics" if self.reply.done => {
-                match event["voice_to_voice_ms"].as_u64() {
-                    Some(ms) => stats.record(SERVER_V2V, Duration::from_millis(ms)),
-                    None => stats.fail(SERVER_V2V, "turn.metrics without voice_to_voice_ms"),
-                }
-                return Step::Finished;
-            }
-            "error" => {
-                self.reply.started = true;
-                stats.fail(ERROR_EVENTS, error_reason(event));
-            }
-            "session.ended" => {
-                let reason = event["reason"].as_str().unwrap_or("no reason");
-                return Step::Fatal(format!("session ended mid-turn ({reason})"));
-            }
-            _ => {}
-        }
-        Step::Read
-    }
-}
-
-/// `code: message` of an `error` event, short enough to group by.
-fn error_reason(event: &Value) -> String {
-    let code = event["code"].as_str().unwrap_or("no code");
-    let message: String = event["message"]
-        .as_str()
-        .unwrap_or_default()
-        .chars()
-        .take(120)
-        .collect();
-    format!("{code}: {message}")
-}
 
 type Socket = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
 
-/// What came off the socket, and when it was read.
-#[derive(Debug)]
-enum Incoming {
-    Audio(Instant),
-    Event(Instant, Value),
-}
-
-/// Why a caller stopped hearing from the server.
-#[derive(Debug)]
-enum Lost {
-    /// Nothing for `idle_timeout`.
-    Idle,
-    /// The run's hard stop passed.
-    CutOff,
-    /// Closed, a protocol error, or a frame that breaks the protocol.
-    Broken(String),
-}
-
-impl Lost {
-    fn reason(&self, waiting_for: &str, idle: Duration) -> String {
-        match self {
-            Lost::Idle => format!(
-                "timeout: nothing for {} s while waiting for {waiting_for}",
-                idle.as_secs()
-            ),
-            Lost::CutOff => format!("cut off at --max-seconds while waiting for {waiting_for}"),
-            Lost::Broken(why) => format!("{why} while waiting for {waiting_for}"),
-        }
-    }
-}
-
 /// A caller's WebSocket.
-struct Line {
+pub(crate) struct WsLine {
     socket: Socket,
 }
 
-impl Line {
-    async fn connect(url: &str, until: Instant) -> Result<Self, String> {
+impl Transport for WsLine {
+    type Setup = ();
+    const SCENARIO: &'static str = "voice-ws";
+    const CONNECT: &'static str = WS_CONNECT;
+
+    async fn connect(_: &(), session: &Value, until: Instant) -> Result<Self, String> {
+        let (Some(ws_url), Some(token)) = (session["ws_url"].as_str(), session["token"].as_str())
+        else {
+            return Err("no ws_url in the session".to_owned());
+        };
         let client = awc::Client::builder()
             .timeout(until.saturating_duration_since(Instant::now()))
             .finish();
-        let connecting = client.ws(url).max_frame_size(MAX_FRAME_BYTES).connect();
+        let connecting = client
+            .ws(format!("{ws_url}?token={token}"))
+            .max_frame_size(MAX_FRAME_BYTES)
+            .connect();
         match tokio::time::timeout_at(until.into(), connecting).await {
             Err(_) => Err("timeout".to_owned()),
             Ok(Err(awc::error::WsClientError::InvalidResponseStatus(status))) => {
@@ -450,7 +70,6 @@ impl Line {
         }
     }
 
-    /// Sends a JSON text frame; returns when it started going out.
     async fn send(&mut self, message: &Value) -> Result<Instant, String> {
         let at = Instant::now();
         self.socket
@@ -461,19 +80,12 @@ impl Line {
     }
 
     /// The next audio frame or event; answers pings on the way.
-    async fn next(&mut self, idle: Duration, hard_stop: Instant) -> Result<Incoming, Lost> {
-        let idle_until = Instant::now() + idle;
-        let (until, lost) = if idle_until < hard_stop {
-            (idle_until, Lost::Idle)
-        } else {
-            (hard_stop, Lost::CutOff)
-        };
+    async fn next(&mut self) -> Result<Incoming, String> {
         loop {
-            let frame = match tokio::time::timeout_at(until.into(), self.socket.next()).await {
-                Err(_) => return Err(lost),
-                Ok(None) => return Err(Lost::Broken("connection closed".into())),
-                Ok(Some(Err(err))) => return Err(Lost::Broken(format!("protocol error: {err}"))),
-                Ok(Some(Ok(frame))) => frame,
+            let frame = match self.socket.next().await {
+                None => return Err("connection closed".into()),
+                Some(Err(err)) => return Err(format!("protocol error: {err}")),
+                Some(Ok(frame)) => frame,
             };
             let at = Instant::now();
             match frame {
@@ -481,15 +93,15 @@ impl Line {
                     return Ok(Incoming::Audio(at));
                 }
                 Frame::Binary(bytes) => {
-                    return Err(Lost::Broken(format!(
+                    return Err(format!(
                         "audio frame of {} bytes, not {FRAME_BYTES}",
                         bytes.len()
-                    )));
+                    ));
                 }
                 Frame::Text(bytes) => {
                     return serde_json::from_slice(&bytes)
                         .map(|event| Incoming::Event(at, event))
-                        .map_err(|_| Lost::Broken("an event that is not JSON".into()));
+                        .map_err(|_| "an event that is not JSON".into());
                 }
                 Frame::Ping(bytes) => {
                     let _ = self.socket.send(Message::Pong(bytes)).await;
@@ -497,566 +109,21 @@ impl Line {
                 Frame::Pong(_) => {}
                 Frame::Close(reason) => {
                     let code = reason.map_or("no code".to_owned(), |r| format!("{:?}", r.code));
-                    return Err(Lost::Broken(format!("closed by the server ({code})")));
+                    return Err(format!("closed by the server ({code})"));
                 }
-                Frame::Continuation(_) => {
-                    return Err(Lost::Broken("a fragmented frame".into()));
-                }
+                Frame::Continuation(_) => return Err("a fragmented frame".into()),
             }
         }
     }
 
-    async fn close(mut self) {
+    async fn hang_up(mut self, _: &()) -> Result<(), String> {
         let _ = self.socket.send(Message::Close(None)).await;
+        Ok(())
     }
 }
 
-/// What every caller shares.
-struct Shared {
-    config: VoiceConfig,
-    api: ApiClient,
-    assistant: i64,
-    /// The assistant speaks a first message callers hear out first.
-    greets: bool,
-    started: Instant,
-    /// No caller or turn starts after this.
-    deadline: Instant,
-    /// Whatever still waits now is cut off.
-    hard_stop: Instant,
-    stats: RefCell<VoiceStats>,
-}
-
-impl Shared {
-    fn record(&self, op: &'static str, latency: Duration) {
-        self.stats.borrow_mut().record(op, latency);
-    }
-
-    fn fail(&self, op: &'static str, reason: impl Into<String>) {
-        self.stats.borrow_mut().fail(op, reason);
-    }
-
-    async fn next(&self, line: &mut Line) -> Result<Incoming, Lost> {
-        line.next(self.config.idle_timeout, self.hard_stop).await
-    }
-
-    /// Reads until an event of type `kind`; returns when it arrived. Error
-    /// events on the way are counted; audio is ignored.
-    async fn wait_for(&self, line: &mut Line, kind: &str) -> Result<Instant, String> {
-        loop {
-            let incoming = self
-                .next(line)
-                .await
-                .map_err(|lost| lost.reason(kind, self.config.idle_timeout))?;
-            let Incoming::Event(at, event) = incoming else {
-                continue;
-            };
-            let ty = event["type"].as_str().unwrap_or_default();
-            if ty == kind {
-                return Ok(at);
-            }
-            match ty {
-                "error" => self.fail(ERROR_EVENTS, error_reason(&event)),
-                "session.ended" if kind != "session-ended" => {
-                    let reason = event["reason"].as_str().unwrap_or("no reason");
-                    return Err(format!("session ended ({reason}) while waiting for {kind}"));
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-fn user_message(text: &str) -> Value {
-    json!({"type": "user-message", "text": text})
-}
-
-/// One caller, from its place in the ramp to hanging up.
-async fn caller(shared: Rc<Shared>, index: usize) {
-    let config = &shared.config;
-    let offset = if config.ramp_per_second > 0.0 {
-        Duration::from_secs_f64(index as f64 / config.ramp_per_second)
-    } else {
-        Duration::ZERO
-    };
-    let turns = u64::from(config.turns);
-    let start_at = shared.started + offset;
-    if start_at >= shared.deadline {
-        let mut stats = shared.stats.borrow_mut();
-        stats.callers_not_started += 1;
-        stats.turns_not_run += turns;
-        return;
-    }
-    tokio::time::sleep_until(start_at.into()).await;
-    let barges = barges_in(index, config.callers, config.barge_in_share);
-    let attempted = call(&shared, barges).await;
-    shared.stats.borrow_mut().turns_not_run += turns.saturating_sub(attempted);
-}
-
-/// Joins, runs the turns, hangs up; returns the turns attempted.
-async fn call(shared: &Shared, barges: bool) -> u64 {
-    let config = &shared.config;
-    let created = shared
-        .api
-        .request(
-            reqwest::Method::POST,
-            "/v1/sessions",
-            Some(json!({"assistant_id": shared.assistant})),
-        )
-        .await;
-    let (ws_url, token) = match created {
-        Ok((body, latency)) => match (body["ws_url"].as_str(), body["token"].as_str()) {
-            (Some(url), Some(token)) => {
-                shared.record(CREATE_SESSION, latency);
-                (url.to_owned(), token.to_owned())
-            }
-            _ => {
-                shared.fail(CREATE_SESSION, "no ws_url or token in the response");
-                return 0;
-            }
-        },
-        Err(reason) => {
-            shared.fail(CREATE_SESSION, reason);
-            return 0;
-        }
-    };
-
-    let connecting = Instant::now();
-    let until = (connecting + config.idle_timeout).min(shared.hard_stop);
-    let mut line = match Line::connect(&format!("{ws_url}?token={token}"), until).await {
-        Ok(line) => line,
-        Err(reason) => {
-            shared.fail(WS_CONNECT, reason);
-            return 0;
-        }
-    };
-    match shared.wait_for(&mut line, "session.started").await {
-        Ok(at) => shared.record(WS_CONNECT, at.saturating_duration_since(connecting)),
-        Err(reason) => {
-            shared.fail(WS_CONNECT, reason);
-            line.close().await;
-            return 0;
-        }
-    }
-    if shared.greets
-        && let Err(reason) = shared.wait_for(&mut line, "assistant.done").await
-    {
-        shared.fail(WS_CONNECT, format!("greeting: {reason}"));
-        line.close().await;
-        return 0;
-    }
-
-    let mut attempted = 0;
-    for _ in 0..config.turns {
-        if Instant::now() >= shared.deadline {
-            break;
-        }
-        attempted += 1;
-        match turn(shared, &mut line, barges).await {
-            Ok(()) => shared.stats.borrow_mut().turns_completed += 1,
-            Err(reason) => {
-                shared.fail(TURN, reason);
-                line.close().await;
-                return attempted;
-            }
-        }
-    }
-
-    match line.send(&json!({"type": "end-session"})).await {
-        Ok(sent) => match shared.wait_for(&mut line, "session-ended").await {
-            Ok(at) => shared.record(END_SESSION, at.saturating_duration_since(sent)),
-            Err(reason) => shared.fail(END_SESSION, reason),
-        },
-        Err(reason) => shared.fail(END_SESSION, reason),
-    }
-    line.close().await;
-    attempted
-}
-
-/// One turn: the message, its reply (cut into, for a barge-in caller, then
-/// the reply to the interruption) up to its `turn.metrics`.
-async fn turn(shared: &Shared, line: &mut Line, barges: bool) -> Result<(), String> {
-    let config = &shared.config;
-    let asked_at = line.send(&user_message(&config.message)).await?;
-    let mut probe = TurnProbe::new(asked_at, barges.then_some(config.barge_in_after_frames));
-    loop {
-        let incoming = shared
-            .next(line)
-            .await
-            .map_err(|lost| lost.reason(probe.waiting_for(), config.idle_timeout))?;
-        let step = {
-            let mut stats = shared.stats.borrow_mut();
-            match &incoming {
-                Incoming::Audio(at) => probe.on_audio(*at, &mut stats),
-                Incoming::Event(at, event) => probe.on_event(*at, event, &mut stats),
-            }
-        };
-        match step {
-            Step::Read => {}
-            Step::Interrupt => {
-                let at = line.send(&user_message(&config.interruption)).await?;
-                probe.interruption_sent(at);
-                shared.stats.borrow_mut().barge_ins_sent += 1;
-            }
-            Step::Finished => return Ok(()),
-            Step::Fatal(reason) => return Err(reason),
-        }
-    }
-}
-
-async fn fake_stats(url: &str) -> Result<FakeStats, String> {
-    let url = format!("{}/fake/stats", url.trim_end_matches('/'));
-    let response = reqwest::get(&url)
-        .await
-        .map_err(|err| format!("{url}: {err}"))?;
-    if !response.status().is_success() {
-        return Err(format!("{url}: status {}", response.status().as_u16()));
-    }
-    response
-        .json::<FakeStats>()
-        .await
-        .map_err(|err| format!("{url}: {err}"))
-}
-
-/// Runs the scenario and returns its report. Await it inside an actix
-/// System: the callers are tasks on the current thread.
+/// Runs the scenario over WebSocket and returns its report. Await it inside
+/// an actix System: the callers are tasks on the current thread.
 pub async fn run(config: VoiceConfig) -> Result<Report, RunError> {
-    if config.callers == 0 || config.turns == 0 {
-        return Err(RunError::Config(
-            "callers and turns must be at least 1".into(),
-        ));
-    }
-    if !(0.0..=1.0).contains(&config.barge_in_share) {
-        return Err(RunError::Config(
-            "the barge-in share is between 0 and 1".into(),
-        ));
-    }
-    if !(config.ramp_per_second >= 0.0 && config.ramp_per_second.is_finite()) {
-        return Err(RunError::Config(
-            "the ramp is a number of callers per second, 0 or more".into(),
-        ));
-    }
-    let api = ApiClient::new(&config.base_url, &config.api_key, config.callers)?;
-    let assistant = match config.assistant_id {
-        Some(id) => id,
-        None => {
-            let body = json!({
-                "name": "loadtest voice",
-                "llm": {"provider": "openai", "model": "fake-1"},
-                "tts": {"provider": "openai", "voice_id": "alloy"},
-            });
-            let (created, _) = api
-                .request(reqwest::Method::POST, "/v1/assistants", Some(body))
-                .await
-                .map_err(|reason| RunError::Setup(format!("create assistant: {reason}")))?;
-            created["id"]
-                .as_i64()
-                .ok_or_else(|| RunError::Setup("no assistant id".into()))?
-        }
-    };
-    let (view, _) = api
-        .request(
-            reqwest::Method::GET,
-            &format!("/v1/assistants/{assistant}"),
-            None,
-        )
-        .await
-        .map_err(|reason| RunError::Setup(format!("assistant {assistant}: {reason}")))?;
-    let greets = view["first_message"]
-        .as_str()
-        .is_some_and(|m| !m.trim().is_empty());
-    let providers_before = match &config.fake_providers_url {
-        Some(url) => Some(fake_stats(url).await.map_err(RunError::Setup)?),
-        None => None,
-    };
-    let sampler = config
-        .server_pid
-        .map(|pid| ProcessSampler::start(pid, SAMPLE_INTERVAL))
-        .transpose()
-        .map_err(RunError::Sampler)?;
-
-    let started = Instant::now();
-    let deadline = started + config.max_duration;
-    let callers = config.callers;
-    let shared = Rc::new(Shared {
-        api,
-        assistant,
-        greets,
-        started,
-        deadline,
-        hard_stop: deadline + config.idle_timeout,
-        stats: RefCell::new(VoiceStats::default()),
-        config,
-    });
-    let tasks: Vec<_> = (0..callers)
-        .map(|index| tokio::task::spawn_local(caller(shared.clone(), index)))
-        .collect();
-    for task in tasks {
-        if let Err(err) = task.await {
-            shared.fail("caller", format!("panicked: {err}"));
-        }
-    }
-    let elapsed = started.elapsed();
-
-    let stats = shared.stats.take();
-    let started_callers = callers - stats.callers_not_started;
-    let server = sampler.map(|s| s.finish(started_callers));
-    let mut ops = stats.ops;
-    let providers = match (&shared.config.fake_providers_url, providers_before) {
-        (Some(url), Some(before)) => match fake_stats(url).await {
-            Ok(after) => Some(ProviderFigures {
-                llm_delay_ms: after.llm_delay_ms,
-                llm_token_gap_ms: after.llm_token_gap_ms,
-                tts_delay_ms: after.tts_delay_ms,
-                ms_per_char: after.ms_per_char,
-                chat_requests: after.chat_requests.saturating_sub(before.chat_requests),
-                speech_requests: after.speech_requests.saturating_sub(before.speech_requests),
-            }),
-            Err(reason) => {
-                ops.entry("fake-providers")
-                    .or_default()
-                    .fail(format!("stats: {reason}"));
-                None
-            }
-        },
-        _ => None,
-    };
-    let config = &shared.config;
-    Ok(Report {
-        scenario: "voice-ws".to_owned(),
-        concurrency: callers,
-        elapsed_s: elapsed.as_secs_f64(),
-        operations: ops
-            .into_iter()
-            .map(|(name, op)| (name.to_owned(), op.summary(elapsed)))
-            .collect(),
-        voice: Some(VoiceFigures {
-            callers,
-            barge_in_callers: (0..callers)
-                .filter(|&i| barges_in(i, callers, config.barge_in_share))
-                .count(),
-            callers_not_started: stats.callers_not_started,
-            turns_planned: callers as u64 * u64::from(config.turns),
-            turns_completed: stats.turns_completed,
-            turns_not_run: stats.turns_not_run,
-            barge_ins_sent: stats.barge_ins_sent,
-            barge_ins_observed: stats.barge_ins_observed,
-            audio_frames: stats.audio_frames,
-            late_frames_after_done: stats.late_frames_after_done,
-            late_frames_after_interrupted: stats.late_frames_after_interrupted,
-            turns_with_late_audio: stats.turns_with_late_audio,
-            providers,
-            server,
-        }),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    fn event(ty: &str) -> Value {
-        json!({"type": ty})
-    }
-
-    fn ok(stats: &VoiceStats, op: &str) -> u64 {
-        stats.ops.get(op).map_or(0, OpStats::ok)
-    }
-
-    fn failures(stats: &VoiceStats) -> Vec<String> {
-        stats
-            .ops
-            .values()
-            .flat_map(|op| op.failures.keys().cloned())
-            .collect()
-    }
-
-    /// A reply of `frames` paced frames starting at `from`, then done and
-    /// its metrics.
-    fn play(
-        probe: &mut TurnProbe,
-        stats: &mut VoiceStats,
-        from: Instant,
-        frames: u64,
-    ) -> Vec<Step> {
-        let mut steps = vec![probe.on_event(from, &event("assistant.delta"), stats)];
-        for i in 0..frames {
-            steps.push(probe.on_audio(from + ms(20 * i), stats));
-        }
-        steps
-    }
-
-    #[test]
-    fn a_plain_turn_records_text_audio_jitter_turn_and_server_view() {
-        let t0 = Instant::now();
-        let mut stats = VoiceStats::default();
-        let mut probe = TurnProbe::new(t0, None);
-        let steps = play(&mut probe, &mut stats, t0 + ms(100), 50);
-        assert!(steps.iter().all(|s| *s == Step::Read));
-        assert_eq!(probe.waiting_for(), "assistant.done");
-        let done = t0 + ms(1100);
-        assert_eq!(
-            probe.on_event(done, &event("assistant.done"), &mut stats),
-            Step::Read
-        );
-        assert_eq!(probe.waiting_for(), "turn.metrics");
-        let metrics = json!({"type": "turn.metrics", "voice_to_voice_ms": 7});
-        assert_eq!(probe.on_event(done, &metrics, &mut stats), Step::Finished);
-        for op in [FIRST_TEXT, FIRST_AUDIO, TURN, SERVER_V2V] {
-            assert_eq!(ok(&stats, op), 1, "{op}");
-        }
-        assert_eq!(
-            ok(&stats, FRAME_JITTER),
-            49,
-            "one gap per frame after the first"
-        );
-        assert_eq!(stats.audio_frames, 50);
-        assert!(failures(&stats).is_empty(), "{:?}", failures(&stats));
-        let first_audio = stats.ops[FIRST_AUDIO].summary(ms(1));
-        assert!((first_audio.p50_ms - 100.0).abs() < 0.5, "{first_audio:?}");
-        // Paced frames: no jitter (recorded as the 1 µs floor).
-        assert!(stats.ops[FRAME_JITTER].summary(ms(1)).max_ms < 0.01);
-    }
-
-    #[test]
-    fn a_barge_in_is_timed_to_the_last_frame_of_the_cut_reply() {
-        let t0 = Instant::now();
-        let mut stats = VoiceStats::default();
-        let mut probe = TurnProbe::new(t0, Some(10));
-        let steps = play(&mut probe, &mut stats, t0 + ms(100), 10);
-        assert_eq!(steps.last(), Some(&Step::Interrupt));
-        assert_eq!(steps.iter().filter(|s| **s == Step::Interrupt).count(), 1);
-        let sent = t0 + ms(300);
-        probe.interruption_sent(sent);
-        assert_eq!(probe.waiting_for(), "assistant.interrupted");
-        // Two more frames of the cut reply were already on their way.
-        probe.on_audio(sent + ms(5), &mut stats);
-        probe.on_audio(sent + ms(25), &mut stats);
-        probe.on_event(sent + ms(30), &event("assistant.interrupted"), &mut stats);
-        assert_eq!(stats.barge_ins_observed, 1);
-        let stop = stats.ops[BARGE_IN_STOP].summary(ms(1));
-        assert!((stop.p50_ms - 25.0).abs() < 0.1, "{stop:?}");
-        let event_ms = stats.ops[INTERRUPTED_EVENT].summary(ms(1));
-        assert!((event_ms.p50_ms - 30.0).abs() < 0.1, "{event_ms:?}");
-        // The reply to the interruption is timed from the interruption, and
-        // its first frame is no gap after the cut reply's last.
-        let jitter_before = ok(&stats, FRAME_JITTER);
-        let second = sent + ms(400);
-        let steps = play(&mut probe, &mut stats, second, 20);
-        assert!(steps.iter().all(|s| *s == Step::Read), "cuts in once");
-        assert_eq!(ok(&stats, FRAME_JITTER), jitter_before + 19);
-        probe.on_event(second + ms(400), &event("assistant.done"), &mut stats);
-        let metrics = json!({"type": "turn.metrics", "voice_to_voice_ms": 3});
-        assert_eq!(
-            probe.on_event(second + ms(400), &metrics, &mut stats),
-            Step::Finished
-        );
-        assert_eq!(ok(&stats, FIRST_AUDIO), 2, "both replies had a first frame");
-        assert_eq!(ok(&stats, TURN), 1, "only the second reply finished");
-        let turn = stats.ops[TURN].summary(ms(1));
-        assert!((turn.p50_ms - 800.0).abs() < 1.0, "{turn:?}");
-        assert!(failures(&stats).is_empty(), "{:?}", failures(&stats));
-    }
-
-    #[test]
-    fn frames_before_a_replys_text_are_the_previous_replys_late_frames() {
-        let t0 = Instant::now();
-        let mut stats = VoiceStats::default();
-        let mut probe = TurnProbe::new(t0, None);
-        // The tail of the previous reply, after its assistant.done.
-        probe.on_audio(t0 + ms(1), &mut stats);
-        probe.on_audio(t0 + ms(21), &mut stats);
-        assert_eq!(ok(&stats, FIRST_AUDIO), 0);
-        assert_eq!(ok(&stats, FRAME_JITTER), 0);
-        play(&mut probe, &mut stats, t0 + ms(300), 3);
-        let first_audio = stats.ops[FIRST_AUDIO].summary(ms(1));
-        assert!((first_audio.p50_ms - 300.0).abs() < 0.5, "{first_audio:?}");
-        assert_eq!(ok(&stats, FRAME_JITTER), 2);
-        assert_eq!(
-            (stats.late_frames_after_done, stats.turns_with_late_audio),
-            (2, 1)
-        );
-        // Frames of a cut reply after its assistant.interrupted.
-        let mut probe = TurnProbe::new(t0, Some(1));
-        play(&mut probe, &mut stats, t0, 1);
-        probe.interruption_sent(t0 + ms(5));
-        probe.on_event(t0 + ms(6), &event("assistant.interrupted"), &mut stats);
-        probe.on_audio(t0 + ms(20), &mut stats);
-        assert_eq!(stats.late_frames_after_interrupted, 1);
-        assert_eq!(stats.turns_with_late_audio, 2);
-        // Audio after an error (a spoken apology) is the reply's own.
-        let mut stats = VoiceStats::default();
-        let mut probe = TurnProbe::new(t0, None);
-        let error = json!({"type": "error", "code": "llm_failed", "message": "down"});
-        probe.on_event(t0 + ms(1), &error, &mut stats);
-        probe.on_audio(t0 + ms(30), &mut stats);
-        assert_eq!(ok(&stats, FIRST_AUDIO), 1);
-        assert_eq!(stats.late_frames_after_done, 0);
-    }
-
-    #[test]
-    fn no_frame_after_the_interruption_is_a_zero_stop() {
-        let t0 = Instant::now();
-        let mut stats = VoiceStats::default();
-        let mut probe = TurnProbe::new(t0, Some(1));
-        play(&mut probe, &mut stats, t0, 1);
-        probe.interruption_sent(t0 + ms(10));
-        probe.on_event(t0 + ms(12), &event("assistant.interrupted"), &mut stats);
-        assert!(stats.ops[BARGE_IN_STOP].summary(ms(1)).max_ms < 0.01);
-    }
-
-    #[test]
-    fn missing_events_and_errors_are_failures_with_reasons() {
-        let t0 = Instant::now();
-        let mut stats = VoiceStats::default();
-        // A reply too short to cut into, with no audio and an error.
-        let mut probe = TurnProbe::new(t0, Some(10));
-        let error = json!({"type": "error", "code": "tts_failed", "message": "down"});
-        probe.on_event(t0, &error, &mut stats);
-        probe.on_event(t0 + ms(5), &event("assistant.delta"), &mut stats);
-        probe.on_event(t0 + ms(9), &event("assistant.done"), &mut stats);
-        let got = failures(&stats);
-        for reason in [
-            "tts_failed: down",
-            "no audio before assistant.done",
-            "no barge-in: the reply was shorter than the frames to hear first",
-        ] {
-            assert!(got.iter().any(|r| r == reason), "{reason} in {got:?}");
-        }
-        // An interruption that arrives after the reply ended.
-        let mut stats = VoiceStats::default();
-        let mut probe = TurnProbe::new(t0, Some(1));
-        probe.on_event(t0, &event("assistant.delta"), &mut stats);
-        assert_eq!(probe.on_audio(t0, &mut stats), Step::Interrupt);
-        probe.interruption_sent(t0 + ms(1));
-        probe.on_event(t0 + ms(2), &event("assistant.done"), &mut stats);
-        // The first reply's metrics do not end the turn.
-        let metrics = json!({"type": "turn.metrics", "voice_to_voice_ms": 1});
-        assert_eq!(probe.on_event(t0 + ms(2), &metrics, &mut stats), Step::Read);
-        assert_eq!(probe.waiting_for(), "assistant.delta");
-        assert_eq!(stats.ops[INTERRUPTED_EVENT].failures.len(), 1);
-        // The session ending is fatal.
-        let ended = json!({"type": "session.ended", "reason": "idle-timeout"});
-        assert_eq!(
-            probe.on_event(t0, &ended, &mut stats),
-            Step::Fatal("session ended mid-turn (idle-timeout)".into())
-        );
-    }
-
-    #[test]
-    fn barge_in_callers_are_the_share_spread_evenly() {
-        let pick = |callers, share| -> Vec<usize> {
-            (0..callers)
-                .filter(|&i| barges_in(i, callers, share))
-                .collect()
-        };
-        assert_eq!(pick(10, 0.3), vec![3, 6, 9]);
-        assert_eq!(pick(3, 0.5), vec![1, 2]);
-        assert_eq!(pick(4, 0.0), Vec::<usize>::new());
-        assert_eq!(pick(4, 1.0), vec![0, 1, 2, 3]);
-        assert_eq!(pick(100, 0.3).len(), 30);
-    }
+    voice::run::<WsLine>(config, ()).await
 }
