@@ -194,9 +194,10 @@
     $('who').hidden = false;
     $('sign-out').hidden = false;
     selectTab('assistants');
-    loadAssistants().then(() => {
-      if (!assistants.editing) newAssistant();
-    });
+    // The blank form is ready before the list arrives, so the list never
+    // wipes what someone has started typing.
+    if (!assistants.editing) newAssistant();
+    loadAssistants();
     loadSessions(false);
     listDevices();
   }
@@ -407,12 +408,16 @@
   }
 
   async function loadAssistants() {
+    const list = $('assistant-list');
+    list.setAttribute('aria-busy', 'true');
     try {
       const page = await api('GET', '/v1/assistants?limit=100');
       assistants.list = page.data;
     } catch (err) {
       report(err, 'Could not list assistants');
       return;
+    } finally {
+      list.removeAttribute('aria-busy');
     }
     renderAssistantList();
     const select = $('call-assistant');

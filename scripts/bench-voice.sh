@@ -10,8 +10,8 @@
 #   TRANSPORT      ws (default): voice-ws; webrtc: voice-rtc (webrtc-rs callers)
 #   TURNS          turns per caller (default 3)
 #   PHASES         which provider settings: "zero-latency realistic" (default)
-#   LOADTEST_ARGS  more palaver-loadtest arguments (e.g. "--decode-audio",
-#                  "--worker-threads 1" for voice-rtc)
+#   LOADTEST_ARGS  more palaver-loadtest arguments (e.g. "--decode-audio"
+#                  for voice-rtc)
 #   BENCH_JSON_DIR keep the JSON reports and /metrics here
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

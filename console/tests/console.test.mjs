@@ -72,6 +72,20 @@ test('sign in, edit an assistant, talk to it over WebRTC, cut it off, read the t
     });
   }
 
+  // The first assistant list is held back until the form has been used, so
+  // the list arriving late must not wipe what was typed (it once did, and
+  // only a slow machine showed it).
+  let releaseList;
+  const listHeld = new Promise((resolve) => { releaseList = resolve; });
+  let held = false;
+  await page.route(/\/v1\/assistants\?limit=100$/, async (route) => {
+    if (!held) {
+      held = true;
+      await listHeld;
+    }
+    await route.continue();
+  });
+
   try {
     await page.goto(`${BASE}/console`);
     assert.equal(await page.title(), 'Palaver console');
@@ -96,6 +110,10 @@ test('sign in, edit an assistant, talk to it over WebRTC, cut it off, read the t
     const fieldError = page.locator('#err-f-end_of_turn_ms');
     await fieldError.filter({ hasText: 'end_of_turn_ms must be between 100 and 5000' }).waitFor();
     assert.equal(await page.locator('[data-field="end_of_turn_ms"]').getAttribute('aria-invalid'), 'true');
+    releaseList();
+    await page.locator('#assistant-list:not([aria-busy])').waitFor({ state: 'attached' });
+    assert.equal(await fieldError.textContent(), 'end_of_turn_ms must be between 100 and 5000');
+    assert.equal(await page.getByLabel('Name', { exact: true }).inputValue(), 'Front desk');
     await shot(page, '02-validation');
     await page.locator('[data-field="end_of_turn_ms"]').fill('500');
     await page.getByRole('button', { name: 'Create assistant' }).click();

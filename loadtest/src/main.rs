@@ -65,11 +65,6 @@ enum Command {
         /// Received packets a caller holds unread before dropping new ones.
         #[arg(long, default_value_t = 500)]
         audio_queue: usize,
-        /// Tokio worker threads for the callers' WebRTC stacks (the
-        /// scenario itself runs on the main thread); 0 runs everything on
-        /// the main thread. Default: the number of cores.
-        #[arg(long)]
-        worker_threads: Option<usize>,
     },
     /// An OpenAI-compatible fake (chat SSE, speech PCM, transcriptions) on
     /// loopback; prints its base URL, serves until SIGINT/SIGTERM.
@@ -218,29 +213,20 @@ fn main() -> ExitCode {
             voice,
             decode_audio,
             audio_queue,
-            worker_threads,
         } => {
             let (config, json) = voice.into_config();
             let options = RtcOptions {
                 decode_audio,
                 audio_queue,
             };
-            // The callers share one thread (a LocalSet); webrtc-rs's
-            // per-call drivers go to the runtime's workers.
-            let workers = worker_threads.unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-            });
-            let runtime = if workers == 0 {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-            } else {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(workers)
-                    .enable_all()
-                    .build()
-            };
-            let runtime = match runtime {
+            // One thread for everything, callers and their webrtc-rs stacks
+            // alike, as voice-ws does: at 100 callers it is a third of a
+            // core. (With the callers on a LocalSet in a multi-threaded
+            // runtime, runs of 50+ callers sometimes stopped making progress.)
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(runtime) => runtime,
                 Err(err) => {
                     eprintln!("palaver-loadtest: cannot start the runtime: {err}");

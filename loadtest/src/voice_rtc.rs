@@ -21,9 +21,12 @@
 //! let go unread, and (when decoding) decode errors: [`RtcFigures`].
 //!
 //! [`run`] must be awaited inside a [`tokio::task::LocalSet`] (an actix
-//! System is one); webrtc-rs spawns its per-connection drivers with
-//! `tokio::spawn`, so on a multi-threaded runtime they run on its workers
-//! while the scenario stays on the LocalSet's thread.
+//! System is one). `palaver-loadtest voice-rtc` runs it on a current-thread
+//! runtime, where webrtc-rs's per-connection drivers (`tokio::spawn`) share
+//! the one thread with the callers: a third of a core at 100 callers. With
+//! the callers on a LocalSet inside a multi-threaded runtime instead, runs
+//! of 50 or more callers sometimes stalled (every thread idle, the callers'
+//! timers never firing; not diagnosed further).
 //!
 //! [`voice_ws`]: crate::voice_ws
 //! [`voice`]: crate::voice
