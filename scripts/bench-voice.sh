@@ -13,6 +13,8 @@
 #   LOADTEST_ARGS  more palaver-loadtest arguments (e.g. "--decode-audio"
 #                  for voice-rtc)
 #   BENCH_JSON_DIR keep the JSON reports and /metrics here
+#   PALAVER_BIN_DIR use the palaver and palaver-loadtest binaries there
+#                  instead of building release ones
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ $# -gt 0 ]; then callers_list=("$@"); else callers_list=(10 50 100); fi
@@ -25,8 +27,12 @@ case "$transport" in
 esac
 read -r -a phases <<<"${PHASES:-zero-latency realistic}"
 read -r -a extra_args <<<"${LOADTEST_ARGS:-}"
-cargo build --release -p palaver --bin palaver -p palaver-loadtest --bin palaver-loadtest
-bin="${CARGO_TARGET_DIR:-target}/release"
+if [ -n "${PALAVER_BIN_DIR:-}" ]; then
+  bin="$PALAVER_BIN_DIR"
+else
+  cargo build --release -p palaver --bin palaver -p palaver-loadtest --bin palaver-loadtest
+  bin="${CARGO_TARGET_DIR:-target}/release"
+fi
 work="$(mktemp -d)"
 server_pid=""
 fake_pid=""
