@@ -15,8 +15,15 @@
 //!   back to back, but only up to [`PacerConfig::max_catch_up`] frames: the
 //!   rest of the delay is absorbed by moving the schedule later, so the
 //!   peer's jitter buffer never sees a burst longer than that.
-//! - When the queue runs dry at a due time (an underrun), the run ends; the
-//!   next frame pushed starts a new run and goes out at the next poll.
+//! - When the queue runs dry (the last queued frame went out, or barge-in
+//!   cleared it), the run ends: the next frame pushed starts a new run and
+//!   goes out at the next poll, without waiting for the old run's next tick
+//!   (its media time, [`Paced::due_ms`], still continues the old run's when
+//!   that tick is ahead). That is the next reply's first frame, or TTS that
+//!   fell behind; holding it to the old 20 ms grid added up to a frame of
+//!   latency (a second turn's first audio waited ~15 ms over WebRTC), and
+//!   releasing it puts at most one frame less than 20 ms after the previous
+//!   one, well inside any receiver's jitter buffer.
 
 use std::collections::VecDeque;
 
@@ -83,6 +90,8 @@ pub struct Paced<F> {
     /// apart, even when a late poll releases two together; across a pause
     /// or a slip it jumps by the time nothing was sent. This is the frame's
     /// media time: an RTP timestamp is a base plus `due_ms * 48` at 48 kHz.
+    /// The first frame after the queue ran dry leaves at once, so its
+    /// `due_ms` can be up to one frame later than the poll that released it.
     pub due_ms: u64,
 }
 
@@ -93,6 +102,9 @@ pub struct Pacer<F> {
     queue: VecDeque<F>,
     /// When the next frame is due; `None` between runs.
     next_due_ms: Option<u64>,
+    /// The queue ran dry since the last frame went out: the run is over,
+    /// whatever `next_due_ms` says.
+    drained: bool,
     stats: PacerStats,
 }
 
@@ -103,6 +115,7 @@ impl<F> Pacer<F> {
             // Allocated once: VecDeque never reallocates below its capacity.
             queue: VecDeque::with_capacity(config.capacity),
             next_due_ms: None,
+            drained: false,
             stats: PacerStats::default(),
         }
     }
@@ -126,6 +139,13 @@ impl<F> Pacer<F> {
         let due = match self.next_due_ms {
             // A new run starts now.
             None => now_ms,
+            // The queue ran dry and new audio came: it leaves now, up to
+            // one frame early, and keeps the media time continuous.
+            Some(due) if self.drained && !self.queue.is_empty() => {
+                self.stats.underruns += 1;
+                self.drained = false;
+                due.max(now_ms)
+            }
             Some(due) if now_ms < due => return None,
             Some(due) => {
                 let lag_limit = u64::from(self.config.max_catch_up) * frame_ms;
@@ -143,6 +163,7 @@ impl<F> Pacer<F> {
         match self.queue.pop_front() {
             Some(frame) => {
                 self.next_due_ms = Some(due + frame_ms);
+                self.drained = self.queue.is_empty();
                 self.stats.sent += 1;
                 Some(Paced { frame, due_ms: due })
             }
@@ -151,6 +172,7 @@ impl<F> Pacer<F> {
                     self.stats.underruns += 1;
                 }
                 self.next_due_ms = None;
+                self.drained = false;
                 None
             }
         }
@@ -163,7 +185,12 @@ impl<F> Pacer<F> {
         if self.queue.is_empty() {
             return None;
         }
-        Some(self.next_due_ms.unwrap_or(0))
+        match self.next_due_ms {
+            // A new run: due now (the last frame's due time is past).
+            Some(due) if self.drained => Some(due.saturating_sub(u64::from(FRAME_MS))),
+            Some(due) => Some(due),
+            None => Some(0),
+        }
     }
 
     /// Barge-in: drops every queued frame and returns how many. The next
@@ -172,6 +199,8 @@ impl<F> Pacer<F> {
         let dropped = self.queue.len();
         self.queue.clear();
         self.stats.dropped += dropped as u64;
+        // The answer to the interruption starts a new run at once.
+        self.drained = self.next_due_ms.is_some();
         dropped
     }
 
@@ -268,8 +297,11 @@ mod tests {
         assert_eq!(frame(p.poll(205)), Some(100));
         assert_eq!(frame(p.poll(224)), None);
         assert_eq!(p.next_poll_ms(), None);
+        // The queue ran dry: more audio is a new run, due now.
         p.push(101).unwrap();
-        assert_eq!(p.next_poll_ms(), Some(225));
+        assert_eq!(p.next_poll_ms(), Some(205));
+        assert_eq!(frame(p.poll(224)), Some(101));
+        assert_eq!(p.next_poll_ms(), None);
     }
 
     #[test]
@@ -324,5 +356,53 @@ mod tests {
         assert_eq!(p.stats().slips, 0);
         assert_eq!(p.stats().underruns, 1);
         assert_eq!(p.next_poll_ms(), Some(1020));
+    }
+
+    #[test]
+    fn audio_pushed_after_the_queue_ran_dry_goes_out_at_once() {
+        let mut p = pacer(100, 2);
+        p.push(0).unwrap();
+        assert_eq!(frame(p.poll(0)), Some(0));
+        // The next reply's first frame, 5 ms later: not held to the old
+        // run's tick at 20.
+        p.push(1).unwrap();
+        p.push(2).unwrap();
+        assert_eq!(p.next_poll_ms(), Some(0), "due now");
+        let sent = p.poll(5).unwrap();
+        // Out at 5, its media time continuing the run's.
+        assert_eq!((sent.frame, sent.due_ms), (1, 20));
+        assert_eq!(frame(p.poll(5)), None, "then the pace again");
+        assert_eq!(frame(p.poll(39)), None);
+        assert_eq!(frame(p.poll(40)), Some(2));
+        assert_eq!(p.stats().underruns, 1);
+    }
+
+    #[test]
+    fn after_barge_in_the_answer_starts_at_once() {
+        let mut p = pacer(100, 2);
+        for f in 0..5 {
+            p.push(f).unwrap();
+        }
+        assert_eq!(frame(p.poll(0)), Some(0));
+        assert_eq!(p.clear(), 4);
+        assert_eq!(frame(p.poll(3)), None, "nothing queued");
+        p.push(10).unwrap();
+        p.push(11).unwrap();
+        assert_eq!(frame(p.poll(4)), Some(10));
+        assert_eq!(frame(p.poll(39)), None);
+        assert_eq!(frame(p.poll(40)), Some(11));
+    }
+
+    #[test]
+    fn a_frame_pushed_while_the_run_still_has_frames_keeps_the_pace() {
+        let mut p = pacer(100, 2);
+        p.push(0).unwrap();
+        p.push(1).unwrap();
+        assert_eq!(frame(p.poll(0)), Some(0));
+        p.push(2).unwrap();
+        assert_eq!(frame(p.poll(5)), None);
+        assert_eq!(frame(p.poll(20)), Some(1));
+        assert_eq!(frame(p.poll(25)), None);
+        assert_eq!(frame(p.poll(40)), Some(2));
     }
 }
