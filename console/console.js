@@ -18,8 +18,22 @@
     'user-speaking': 'you are speaking',
     thinking: 'thinking',
     speaking: 'assistant speaking',
-    ended: 'ended',
+    ended: 'call ended',
     error: 'failed',
+  };
+  /// Why a session ended (`session.ended`'s reason), in words.
+  const END_REASONS = {
+    'hang-up': 'hung up (or its connection closed)',
+    'end-session': 'the page ended it',
+    'ended-by-api': 'ended through the API',
+    'idle-timeout': 'nobody spoke for the assistant\'s idle timeout',
+    'max-duration': 'it reached the assistant\'s maximum duration',
+  };
+  /// What failed, by the server's `error` event code.
+  const ERROR_SOURCES = {
+    llm_failed: 'The language model provider failed',
+    stt_failed: 'Speech recognition (speech to text) failed',
+    tts_failed: 'The voice provider (text to speech) failed',
   };
   const AUTH_KEY = 'palaver.console.auth';
   /// Mic level (0..1, scaled RMS) above which the caller counts as speaking.
@@ -486,6 +500,7 @@
   function setCallControls() {
     const live = inCall();
     $('call-start').disabled = live;
+    $('call-start-text').disabled = live;
     $('call-hangup').disabled = !live;
     $('call-mute').disabled = !live || !call.track;
     $('say-text').disabled = !live;
@@ -604,17 +619,29 @@
         renderWaterfall();
         renderSummary();
         break;
-      case 'error':
-        addItem('error', `${event.message} (${event.code})`);
-        showBanner(`The session reported an error: ${event.message} (${event.code})`);
+      case 'error': {
+        // A provider failing does not end the session: the assistant
+        // apologises and listens again.
+        const what = ERROR_SOURCES[event.code] || 'The session reported an error';
+        addItem('error', `${what}: ${event.message} (${event.code})`);
+        showBanner(`${what}: ${event.message} (${event.code}). The session goes on; `
+          + 'check the assistant\'s provider settings.');
         break;
+      }
       case 'session.ended':
-        addItem('system', `Session ended (${event.reason}).`);
-        teardown('ended');
+        callEnded(`${END_REASONS[event.reason] || 'the server ended it'} (${event.reason})`, 'ended');
         break;
       default:
         break; // assistant-message, session-ended: the WebSocket protocol's duplicates
     }
+  }
+
+  /// Says why the call ended, in the transcript and next to the state, and
+  /// lets a new one start.
+  function callEnded(why, state) {
+    addItem('system', `Call ended: ${why}.`);
+    if (call.session) $('call-session').textContent = `Session #${call.session} · call ended: ${why}`;
+    teardown(state);
   }
 
   function latencyLine(m) {
@@ -635,18 +662,25 @@
     switch (err.name) {
       case 'NotAllowedError':
       case 'SecurityError':
-        return 'Microphone access was denied. Allow it for this site in the browser to talk; you can still type.';
+        return 'Microphone blocked: the browser denied this page the microphone. To allow it, click the '
+          + 'microphone (or lock) icon in the address bar, set Microphone to Allow for this site, and start '
+          + 'again; or use “Start without microphone” and type.';
       case 'NotFoundError':
       case 'OverconstrainedError':
-        return 'No microphone was found (or the chosen one is gone). You can still type.';
+        return 'No microphone was found (or the chosen one is gone): plug one in or pick another, or use '
+          + '“Start without microphone” and type.';
       case 'NotReadableError':
-        return 'The microphone is busy in another program. You can still type.';
+        return 'The microphone is busy in another program: close it there and start again, or use '
+          + '“Start without microphone” and type.';
       default:
-        return `The microphone could not be opened (${err.message}). You can still type.`;
+        return `The microphone could not be opened (${err.message}): use “Start without microphone” and type.`;
     }
   }
 
-  async function startCall() {
+  /// Starts a call: with the microphone, or (`microphone` false) typed
+  /// turns only. Without the microphone it asked for, nothing starts: no
+  /// session is created.
+  async function startCall(microphone = true) {
     hideBanner();
     const assistantId = Number($('call-assistant').value);
     if (!assistantId) {
@@ -654,16 +688,25 @@
       return;
     }
     resetConversation();
+    call.session = null;
+    call.token = null;
+    $('call-session').textContent = '';
     setState('connecting');
     $('call-start').disabled = true;
-    try {
-      call.stream = await getMicrophone();
-      call.track = call.stream.getAudioTracks()[0] || null;
-      listDevices();
-    } catch (err) {
-      call.stream = null;
-      call.track = null;
-      showBanner(micProblem(err));
+    $('call-start-text').disabled = true;
+    call.stream = null;
+    call.track = null;
+    if (microphone) {
+      try {
+        call.stream = await getMicrophone();
+        call.track = call.stream.getAudioTracks()[0] || null;
+        listDevices();
+      } catch (err) {
+        showBanner(micProblem(err));
+        setState('idle');
+        setCallControls();
+        return;
+      }
     }
     try {
       const created = await api('POST', '/v1/sessions', { assistant_id: assistantId });
@@ -689,8 +732,8 @@
       dc.onclose = () => {
         if (call.dc !== dc) return;
         // No `session.ended` first: the server went away (restart, network).
-        addItem('error', 'The connection to the server closed. Start a new session to go on.');
-        teardown('error');
+        callEnded('the connection to the server was lost (no goodbye from it); start a new session to go on',
+          'error');
       };
       pc.ontrack = (e) => {
         const audio = $('remote-audio');
@@ -702,7 +745,7 @@
       pc.onconnectionstatechange = () => {
         if (pc.connectionState === 'failed' && call.pc === pc) {
           showBanner('The call\'s media connection failed: the browser could not reach the server\'s WebRTC port (rtc.bind / rtc.public_ip). Start a new session to retry.');
-          teardown('error');
+          callEnded('the media connection failed', 'error');
         }
       };
       await pc.setLocalDescription(await pc.createOffer());
@@ -728,7 +771,13 @@
       $('say-text').focus();
     } catch (err) {
       report(err, 'Could not start the session');
+      const { session, token } = call;
       teardown('error');
+      // A session that was created but never joined would wait for its
+      // idle timeout: end it now (best effort: the server may be gone).
+      if (session) {
+        api('POST', `/v1/sessions/${session}/end`, undefined, { token }).catch(() => {});
+      }
     }
   }
 
@@ -793,13 +842,13 @@
       try {
         // The server says goodbye on the data channel, then closes the call.
         await api('DELETE', location, undefined, { token });
-        addItem('system', 'You hung up.');
       } catch (err) {
         // 404: the session already ended on its own.
         if (err.status !== 404) report(err, 'Hang-up');
       }
     }
-    if (inCall()) teardown('ended');
+    // Unless the server's goodbye (`session.ended`) came first.
+    if (inCall()) callEnded('you hung up', 'ended');
   }
 
   function toggleMute() {
@@ -1081,7 +1130,8 @@
       $('call-assistant').value = String(assistants.editing.id);
       selectTab('call', true);
     });
-    $('call-start').addEventListener('click', startCall);
+    $('call-start').addEventListener('click', () => startCall(true));
+    $('call-start-text').addEventListener('click', () => startCall(false));
     $('call-hangup').addEventListener('click', hangUp);
     $('call-mute').addEventListener('click', toggleMute);
     $('call-device').addEventListener('change', switchDevice);

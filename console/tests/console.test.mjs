@@ -6,6 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -37,24 +38,31 @@ test('the console serves its files with their content types', async () => {
   assert.equal((await fetch(`${BASE}/console/nope.js`)).status, 404);
 });
 
-test('sign in, edit an assistant, talk to it over WebRTC, cut it off, read the transcript', { timeout: 180_000 }, async (t) => {
-  const browser = await chromium.launch({
-    executablePath: EXECUTABLE,
-    headless: true,
-    args: [
-      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
-      `--use-file-for-fake-audio-capture=${WAV}`,
-      '--allow-loopback-in-peer-connection',
-      '--autoplay-policy=no-user-gesture-required',
-    ],
-  });
-  t.after(() => browser.close());
+const CHROMIUM_ARGS = [
+  '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  '--use-fake-device-for-media-stream',
+  '--allow-loopback-in-peer-connection',
+  '--autoplay-policy=no-user-gesture-required',
+];
+
+/// Debian's Chromium; `microphone` false: the fake device is there but every
+/// permission prompt is denied, as when a user blocks the microphone.
+const launchChromium = (microphone) => chromium.launch({
+  executablePath: EXECUTABLE,
+  headless: true,
+  args: [...CHROMIUM_ARGS, ...(microphone
+    ? ['--use-fake-ui-for-media-stream', `--use-file-for-fake-audio-capture=${WAV}`]
+    : ['--deny-permission-prompts'])],
+});
+
+/// A page of `browser` that collects page errors in `problems`, serving
+/// console/ from disk when CONSOLE_FROM_DISK=1.
+async function openPage(browser, problems) {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  const problems = [];
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  // The refused key's 401 is logged by Chromium itself; anything else is ours.
+  // Refused and aborted requests are logged by Chromium itself; anything
+  // else is ours.
   page.on('console', (m) => {
     if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) problems.push(`console: ${m.text()}`);
   });
@@ -71,6 +79,47 @@ test('sign in, edit an assistant, talk to it over WebRTC, cut it off, read the t
       return route.fulfill({ status: 200, body, contentType: types[name.split('.').pop()] });
     });
   }
+  return page;
+}
+
+/// The REST API with the test's key, for setting up and checking behind the
+/// console's back.
+async function rest(method, route, body) {
+  const res = await fetch(`${BASE}${route}`, {
+    method,
+    headers: { Authorization: `Bearer ${KEY}`, ...(body ? { 'Content-Type': 'application/json' } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const data = await res.json().catch(() => null);
+  if (!res.ok) throw new Error(`${method} ${route}: ${res.status} ${JSON.stringify(data)}`);
+  return data;
+}
+
+const latestSessionId = async () => (await rest('GET', '/v1/sessions?limit=1')).data[0]?.id ?? 0;
+
+/// Waits until `check` returns something truthy (polling the server).
+async function eventually(what, check, timeoutMs = 10_000) {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+async function signInWithKey(page) {
+  await page.goto(`${BASE}/console`);
+  await page.getByLabel('API key').fill(KEY);
+  await page.getByRole('button', { name: 'Sign in with key' }).click();
+  await page.locator('#app').waitFor();
+}
+
+test('sign in, edit an assistant, talk to it over WebRTC, cut it off, read the transcript', { timeout: 180_000 }, async (t) => {
+  const browser = await launchChromium(true);
+  t.after(() => browser.close());
+  const problems = [];
+  const page = await openPage(browser, problems);
 
   // The first assistant list is held back until the form has been used, so
   // the list arriving late must not wipe what was typed (it once did, and
@@ -219,6 +268,165 @@ test('sign in, edit an assistant, talk to it over WebRTC, cut it off, read the t
     assert.deepEqual(problems, [], 'no errors in the page');
   } catch (err) {
     await shot(page, 'failure').catch(() => {});
+    console.log(`# page events: ${JSON.stringify(await page.evaluate(() => window.palaverConsole && window.palaverConsole.events).catch(() => null))}`);
+    throw err;
+  }
+});
+
+test('clear messages: microphone blocked, server unreachable, a provider failing', { timeout: 120_000 }, async (t) => {
+  // A model nobody answers on: a loopback port that was free a moment ago.
+  const deadPort = await new Promise((resolve) => {
+    const server = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+  const failing = await rest('POST', '/v1/assistants', {
+    name: 'Failing model',
+    llm: { provider: 'openai', model: 'fake-1', base_url: `http://127.0.0.1:${deadPort}/v1` },
+    stt: { provider: 'openai' },
+    tts: { provider: 'openai' },
+  });
+  const browser = await launchChromium(false);
+  t.after(() => browser.close());
+  const problems = [];
+  const page = await openPage(browser, problems);
+  try {
+    await signInWithKey(page);
+    await page.getByRole('tab', { name: 'Talk' }).click();
+    await page.getByLabel('Assistant', { exact: true }).selectOption(String(failing.id));
+    const banner = page.getByRole('alert');
+
+    // Microphone blocked: say so and how to allow it; nothing starts, so no
+    // session is left half open.
+    const before = await latestSessionId();
+    await page.getByRole('button', { name: 'Start voice session' }).click();
+    await banner.filter({ hasText: /Microphone blocked/ }).waitFor();
+    assert.match(await banner.textContent(), /To allow it, click the microphone \(or lock\) icon in the address bar/);
+    await page.locator('#call-state[data-state="idle"]').waitFor();
+    assert.equal(await page.getByRole('button', { name: 'Start voice session' }).isEnabled(), true);
+    assert.equal(await latestSessionId(), before, 'no session was created');
+    await shot(page, '07-mic-blocked');
+
+    // The server unreachable while joining: the banner says so, and the
+    // session the console had created is ended rather than left waiting.
+    await page.route(/\/v1\/sessions\/\d+\/webrtc$/, (route) => route.abort('connectionrefused'));
+    await page.getByRole('button', { name: 'Start without microphone' }).click();
+    await banner.filter({ hasText: 'Could not start the session: The Palaver server cannot be reached' }).waitFor();
+    await page.locator('#call-state[data-state="error"]').waitFor();
+    const orphan = await latestSessionId();
+    assert.ok(orphan > before, 'the console created a session');
+    await eventually(`session #${orphan} to end`,
+      async () => (await rest('GET', `/v1/sessions/${orphan}`)).status === 'ended');
+    await page.unroute(/\/v1\/sessions\/\d+\/webrtc$/);
+    // …and while browsing: any API call that cannot reach the server.
+    await page.route(/\/v1\//, (route) => route.abort('connectionrefused'));
+    await page.getByRole('tab', { name: 'Past sessions' }).click();
+    await banner.filter({ hasText: 'Could not list sessions: The Palaver server cannot be reached' }).waitFor();
+    await shot(page, '08-unreachable');
+    await page.unroute(/\/v1\//);
+
+    // A provider failing: the server's error event is shown for what it is,
+    // and the session goes on (the assistant apologises out loud).
+    await page.getByRole('tab', { name: 'Talk' }).click();
+    await page.getByRole('button', { name: 'Start without microphone' }).click();
+    await page.locator('#call-state[data-state="listening"]').waitFor();
+    await page.getByLabel('Type a message').fill('Is breakfast included?');
+    await page.getByLabel('Type a message').press('Enter');
+    const shown = page.locator('#transcript .msg.error');
+    await shown.filter({ hasText: 'The language model provider failed' }).waitFor();
+    const serverEvent = await page.evaluate(() => window.palaverConsole.events.find((e) => e.type === 'error'));
+    assert.equal(serverEvent.code, 'llm_failed');
+    assert.ok((await shown.textContent()).includes(serverEvent.message), 'the server\'s message is shown');
+    assert.match(await banner.textContent(), /The language model provider failed: .*The session goes on/);
+    await page.locator('#transcript .msg.assistant').filter({ hasText: 'Sorry, I\'m having trouble answering' }).waitFor();
+    await page.waitForFunction(async () => {
+      const pc = window.palaverConsole.pc;
+      let packets = 0;
+      if (pc) (await pc.getStats()).forEach((s) => { if (s.type === 'inbound-rtp') packets += s.packetsReceived || 0; });
+      return packets > 10;
+    }, undefined, { polling: 250 });
+    await page.locator('#call-state[data-state="listening"]').waitFor({ timeout: 30_000 });
+    assert.equal(await page.evaluate(() => window.palaverConsole.state), 'listening', 'the session goes on');
+    await shot(page, '09-provider-failed');
+    await page.getByRole('button', { name: 'Hang up' }).click();
+    await page.locator('#call-state[data-state="ended"]').waitFor();
+    assert.deepEqual(problems, [], 'no errors in the page');
+  } catch (err) {
+    await shot(page, 'failure-messages').catch(() => {});
+    console.log(`# page events: ${JSON.stringify(await page.evaluate(() => window.palaverConsole && window.palaverConsole.events).catch(() => null))}`);
+    throw err;
+  }
+});
+
+test('reconnects: a new call after hanging up, and after the server ends one', { timeout: 120_000 }, async (t) => {
+  const working = await rest('POST', '/v1/assistants', {
+    name: 'Reconnect desk',
+    llm: { provider: 'openai', model: 'fake-1' },
+    stt: { provider: 'openai' },
+    tts: { provider: 'openai' },
+  });
+  const browser = await launchChromium(false);
+  t.after(() => browser.close());
+  const problems = [];
+  const page = await openPage(browser, problems);
+  const state = (s) => page.locator(`#call-state[data-state="${s}"]`);
+  const transcript = page.locator('#transcript');
+  /// Starts a typed-turns call and waits until it listens; its session id.
+  const startCall = async () => {
+    await page.getByRole('button', { name: 'Start without microphone' }).click();
+    await state('listening').waitFor();
+    return page.evaluate(() => window.palaverConsole.sessionId);
+  };
+  /// A typed turn answered in full, back to listening.
+  const typedTurn = async (text) => {
+    const replies = await transcript.locator('.msg.assistant').count();
+    const doneBefore = await page.evaluate(
+      () => window.palaverConsole.events.filter((e) => e.type === 'assistant.done').length);
+    await page.getByLabel('Type a message').fill(text);
+    await page.getByLabel('Type a message').press('Enter');
+    await transcript.locator('.msg.user').filter({ hasText: text }).waitFor();
+    await transcript.locator('.msg.assistant').nth(replies).filter({ hasText: 'ninety euros' }).waitFor();
+    await page.waitForFunction(
+      (n) => window.palaverConsole.events.filter((e) => e.type === 'assistant.done').length > n, doneBefore);
+    await state('listening').waitFor({ timeout: 30_000 });
+  };
+  try {
+    await signInWithKey(page);
+    await page.getByRole('tab', { name: 'Talk' }).click();
+    await page.getByLabel('Assistant', { exact: true }).selectOption(String(working.id));
+
+    const first = await startCall();
+    await typedTurn('Do you have a room?');
+    await page.getByRole('button', { name: 'Hang up' }).click();
+    await state('ended').waitFor();
+    await transcript.locator('.msg.system').filter({ hasText: /^Call ended: (you hung up|hung up)/ }).waitFor();
+    assert.equal((await rest('GET', `/v1/sessions/${first}`)).status, 'ended');
+
+    // Again: a new session, a fresh transcript, the state machine listening
+    // and answering.
+    const second = await startCall();
+    assert.notEqual(second, first, 'a new session');
+    assert.equal(await transcript.locator('.msg.user, .msg.assistant').count(), 0, 'a fresh transcript');
+    assert.match(await transcript.locator('.msg').first().textContent(), new RegExp(`Connected to session #${second}\\.`));
+    await typedTurn('And breakfast?');
+
+    // The server ends the call (a real server-side cause): the console says
+    // why, and a new call starts.
+    await rest('POST', `/v1/sessions/${second}/end`);
+    await transcript.locator('.msg.system').filter({ hasText: 'Call ended: ended through the API (ended-by-api).' }).waitFor();
+    await state('ended').waitFor();
+    assert.match(await page.locator('#call-session').textContent(), /call ended: ended through the API/);
+    assert.equal(await page.getByRole('button', { name: 'Hang up' }).isDisabled(), true);
+    await shot(page, '10-ended-by-server');
+    const third = await startCall();
+    assert.ok(third !== second && third !== first, 'another new session');
+    await typedTurn('Thanks, see you.');
+    await page.getByRole('button', { name: 'Hang up' }).click();
+    await state('ended').waitFor();
+    assert.deepEqual(problems, [], 'no errors in the page');
+  } catch (err) {
+    await shot(page, 'failure-reconnect').catch(() => {});
     console.log(`# page events: ${JSON.stringify(await page.evaluate(() => window.palaverConsole && window.palaverConsole.events).catch(() => null))}`);
     throw err;
   }
