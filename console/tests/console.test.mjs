@@ -359,7 +359,7 @@ test('clear messages: microphone blocked, server unreachable, a provider failing
   }
 });
 
-test('reconnects: a new call after hanging up, and after the server ends one', { timeout: 120_000 }, async (t) => {
+test('reconnects: a new call after hanging up, after the server ends one, after the connection drops', { timeout: 120_000 }, async (t) => {
   const working = await rest('POST', '/v1/assistants', {
     name: 'Reconnect desk',
     llm: { provider: 'openai', model: 'fake-1' },
@@ -422,6 +422,18 @@ test('reconnects: a new call after hanging up, and after the server ends one', {
     const third = await startCall();
     assert.ok(third !== second && third !== first, 'another new session');
     await typedTurn('Thanks, see you.');
+
+    // The events channel dropping without the server's goodbye (the page
+    // closes it here; a network failure looks the same to the console):
+    // the call ends with that reason, and the server ends the session too.
+    await page.evaluate(() => window.palaverConsole.dc.close());
+    await transcript.locator('.msg.system')
+      .filter({ hasText: 'Call ended: the connection to the server was lost' }).waitFor();
+    await state('error').waitFor();
+    await eventually(`session #${third} to end`,
+      async () => (await rest('GET', `/v1/sessions/${third}`)).status === 'ended', 15_000);
+    const fourth = await startCall();
+    assert.ok(fourth > third, 'a new call after the drop');
     await page.getByRole('button', { name: 'Hang up' }).click();
     await state('ended').waitFor();
     assert.deepEqual(problems, [], 'no errors in the page');
