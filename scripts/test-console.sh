@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # The browser test of the console (/console): Debian's Chromium, driven by
 # playwright-core, talks to a real Palaver server over WebRTC with a WAV of
-# real speech as its microphone. The server's OpenAI-compatible providers are
-# palaver-loadtest's fakes. Everything it starts stops when it exits.
+# real speech as its microphone; then Debian's Firefox ESR, driven over
+# WebDriver BiDi by puppeteer-core, runs a typed turn with its fake
+# microphone. The server's OpenAI-compatible providers are palaver-loadtest's
+# fakes. Everything it starts stops when it exits.
 #
 # Usage: scripts/test-console.sh
-#   Needs: chromium, espeak-ng, sox (scripts/setup-deps.sh test), node + npm.
+#   Needs: chromium, firefox-esr, espeak-ng, sox (scripts/setup-deps.sh test),
+#   node + npm.
 #   PALAVER_BIN_DIR   use the binaries there instead of building target/debug
 #   CONSOLE_ARTIFACTS screenshots and logs (default target/console-artifacts)
 #   CONSOLE_FROM_DISK=1 serve console/ from disk instead of the embedded copy
 #                     (while editing it: no rebuild needed)
+#   CONSOLE_BROWSERS  which browsers run (default "chromium firefox")
+#   CONSOLE_RTC_BIND  the server's WebRTC socket (default: this machine's
+#                     address with Firefox, 127.0.0.1:0 without)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root="$(pwd)"
@@ -18,8 +24,15 @@ die() { echo "test-console: ERROR: $*" >&2; exit 1; }
 for tool in node npm espeak-ng sox; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is missing (scripts/setup-deps.sh test installs it)"
 done
+browsers="${CONSOLE_BROWSERS:-chromium firefox}"
 CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
-[ -x "$CHROMIUM" ] || die "$CHROMIUM is missing (apt-get install chromium; scripts/setup-deps.sh test does)"
+FIREFOX="${FIREFOX:-/usr/bin/firefox-esr}"
+case " $browsers " in *" chromium "*)
+  [ -x "$CHROMIUM" ] || die "$CHROMIUM is missing (apt-get install chromium; scripts/setup-deps.sh test does)" ;;
+esac
+case " $browsers " in *" firefox "*)
+  [ -x "$FIREFOX" ] || die "$FIREFOX is missing (apt-get install firefox-esr; scripts/setup-deps.sh test does)" ;;
+esac
 
 if [ -z "${PALAVER_BIN_DIR:-}" ]; then
   cargo build --quiet -p palaver --bin palaver -p palaver-loadtest --bin palaver-loadtest
@@ -30,8 +43,8 @@ artifacts="${CONSOLE_ARTIFACTS:-$root/target/console-artifacts}"
 rm -rf "$artifacts"
 mkdir -p "$artifacts"
 
-# Playwright itself, pinned by the committed lock file (no browser download:
-# the test launches Debian's Chromium).
+# playwright-core and puppeteer-core, pinned by the committed lock file (no
+# browser download: the tests launch Debian's Chromium and Firefox ESR).
 (cd console/tests && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 
 work="$(mktemp -d)"
@@ -66,12 +79,32 @@ for _ in $(seq 1 100); do
 done
 [ -n "$fake_url" ] || { cat "$work/fake.log" >&2; die "the fake providers did not start"; }
 
+# The server's one WebRTC candidate. Firefox gathers no loopback ICE
+# candidates and never connects to a 127.0.0.1 one (media.peerconnection.ice.
+# loopback does not change that in 153 ESR), so with Firefox in the run the
+# media socket binds this machine's own address (the one its default route
+# leaves from; no packet is sent to find it). The HTTP API stays on loopback.
+host_address() {
+  python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect(("192.0.2.1", 9)); print(s.getsockname()[0])' 2>/dev/null || true
+}
+rtc_bind="${CONSOLE_RTC_BIND:-}"
+if [ -z "$rtc_bind" ]; then
+  rtc_bind=127.0.0.1:0
+  case " $browsers " in *" firefox "*)
+    address="$(host_address)"
+    case "$address" in
+      ''|127.*) die "Firefox needs a non-loopback IPv4 address for WebRTC and this machine has none (CONSOLE_BROWSERS=chromium runs without it)" ;;
+    esac
+    rtc_bind="$address:0" ;;
+  esac
+fi
+
 port="$(free_port)"
 unset DATABASE_URL REDIS_URL
 export PALAVER_SERVER_BIND="127.0.0.1:$port"
 export PALAVER_DATABASE_SQLITE_PATH="$work/palaver.db" PALAVER_AUTH_JWT_SECRET_FILE="$work/jwt.key"
 export PALAVER_PROVIDERS_OPENAI_BASE_URL="$fake_url" OPENAI_API_KEY=sk-fake
-export PALAVER_RTC_BIND=127.0.0.1:0 PALAVER_LOG_LEVEL="${PALAVER_LOG_LEVEL:-info}"
+export PALAVER_RTC_BIND="$rtc_bind" PALAVER_LOG_LEVEL="${PALAVER_LOG_LEVEL:-info}"
 org="$("$bin"/palaver admin create-org "Console test" 2>>"$work/server.log")"
 key="$("$bin"/palaver admin create-key --org "$org" 2>>"$work/server.log")"
 user_email=console@example.com
@@ -88,9 +121,18 @@ for _ in $(seq 1 100); do
 done
 curl -sf "$url/healthz" >/dev/null || die "the server did not answer on $url"
 
-echo "== console in Chromium ($("$CHROMIUM" --version 2>/dev/null || echo chromium)) against $url"
-start=$SECONDS
-PALAVER_URL="$url" PALAVER_KEY="$key" PALAVER_USER_EMAIL="$user_email" PALAVER_USER_PASSWORD="$user_password" \
-  SPEECH_WAV="$work/speech.wav" CHROMIUM="$CHROMIUM" \
-  CONSOLE_ARTIFACTS="$artifacts" node --test --test-reporter=spec console/tests/console.test.mjs
-echo "== console browser test took $((SECONDS - start)) s; screenshots in $artifacts"
+export PALAVER_URL="$url" PALAVER_KEY="$key" CONSOLE_ARTIFACTS="$artifacts"
+case " $browsers " in *" chromium "*)
+  echo "== console in Chromium ($("$CHROMIUM" --version 2>/dev/null || echo chromium)) against $url"
+  start=$SECONDS
+  PALAVER_USER_EMAIL="$user_email" PALAVER_USER_PASSWORD="$user_password" \
+    SPEECH_WAV="$work/speech.wav" CHROMIUM="$CHROMIUM" \
+    node --test --test-reporter=spec console/tests/console.test.mjs
+  echo "== console in Chromium took $((SECONDS - start)) s; screenshots in $artifacts" ;;
+esac
+case " $browsers " in *" firefox "*)
+  echo "== console in Firefox ($("$FIREFOX" --version 2>/dev/null || echo firefox-esr)) against $url"
+  start=$SECONDS
+  FIREFOX="$FIREFOX" node --test --test-reporter=spec console/tests/console.firefox.test.mjs
+  echo "== console in Firefox took $((SECONDS - start)) s; screenshots in $artifacts" ;;
+esac
