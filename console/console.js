@@ -588,6 +588,7 @@
         call.interruptions += 1;
         const li = call.assistant || addItem('assistant', '');
         call.lastCut = markInterrupted(li, li.dataset.full || '', event.heard_text || '');
+        call.lastInterrupted = li;
         call.assistant = null;
         setState('listening');
         renderSummary();
@@ -608,17 +609,20 @@
         call.assistant = null;
         if (call.state === 'speaking' || call.state === 'thinking') setState('listening');
         break;
-      case 'turn.metrics':
+      case 'turn.metrics': {
+        // An interrupted reply reports the stages it reached before the cut.
         call.metrics.push(event);
-        if (call.lastAssistant) {
+        const li = event.interrupted ? call.lastInterrupted : call.lastAssistant;
+        if (li) {
           const lat = document.createElement('span');
           lat.className = 'lat';
           lat.textContent = latencyLine(event);
-          call.lastAssistant.appendChild(lat);
+          li.appendChild(lat);
         }
         renderWaterfall();
         renderSummary();
         break;
+      }
       case 'error': {
         // A provider failing does not end the session: the assistant
         // apologises and listens again.
@@ -808,6 +812,7 @@
     call.user = null;
     call.assistant = null;
     call.lastAssistant = null;
+    call.lastInterrupted = null;
     call.lastCut = null;
     renderWaterfall();
     renderSummary();
@@ -962,7 +967,7 @@
   function renderWaterfall() {
     const box = $('waterfall');
     if (!call.metrics.length) {
-      box.innerHTML = '<p class="muted">Each answered turn adds a row here.</p>';
+      box.innerHTML = '<p class="muted">Each answered (or cut off) turn adds a row here.</p>';
       return;
     }
     const max = Math.max(1, ...call.metrics.flatMap((m) => STAGES.map(([k]) => m[k] || 0)));
@@ -973,6 +978,14 @@
       const label = document.createElement('span');
       label.className = 'label';
       label.textContent = `Turn ${i + 1}`;
+      if (m.interrupted) {
+        row.classList.add('interrupted');
+        row.dataset.interrupted = 'true';
+        const tag = document.createElement('small');
+        tag.className = 'cut-tag';
+        tag.textContent = 'cut off';
+        label.appendChild(tag);
+      }
       const bars = document.createElement('div');
       bars.className = 'bars';
       for (const [k, name] of STAGES) {
@@ -981,7 +994,9 @@
         bar.dataset.stage = k;
         bar.setAttribute('role', 'img');
         const v = m[k];
-        bar.setAttribute('aria-label', `${name}: ${v == null ? 'not measured' : `${v} ms`}`);
+        // A typed turn has no transcript stage; a cut one may stop short.
+        const missing = m.interrupted ? 'not measured or not reached before the cut' : 'not measured';
+        bar.setAttribute('aria-label', `Turn ${i + 1}${m.interrupted ? ' (cut off)' : ''}, ${name}: ${v == null ? missing : `${v} ms`}`);
         const fill = document.createElement('span');
         fill.className = `fill ${k}`;
         fill.style.width = `${v == null ? 0 : Math.max(0.5, (100 * v) / max)}%`;
@@ -1021,8 +1036,10 @@
     }));
     const barge = call.bargeIns.length
       ? ` · barge-in decision p50 ${percentile(call.bargeIns, 50)} ms` : '';
-    $('summary-extra').textContent =
-      `${call.metrics.length} measured turns · ${call.interruptions} interruptions${barge}`;
+    const cutOff = call.metrics.filter((m) => m.interrupted).length;
+    $('summary-extra').textContent = `${call.metrics.length} measured turns`
+      + `${cutOff ? ` (${cutOff} cut off: the stages they reached)` : ''}`
+      + ` · ${call.interruptions} interruptions${barge}`;
     $('summary-extra').dataset.interruptions = String(call.interruptions);
   }
 

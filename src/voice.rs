@@ -103,7 +103,11 @@ pub fn record_event_metrics(event: &palaver_actors::conversation::Event) {
     use palaver_actors::conversation::Event;
     let seconds = |ms: u32| f64::from(ms) / 1000.0;
     match event {
-        Event::TurnMetrics { latency } => {
+        // Completed replies only: an interrupted one's stages stop short.
+        Event::TurnMetrics {
+            latency,
+            interrupted: false,
+        } => {
             for (stage, value) in [
                 ("transcript", latency.transcript_ms),
                 ("first_token", latency.first_token_ms),

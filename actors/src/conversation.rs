@@ -193,8 +193,11 @@ pub enum Event {
     AssistantDone {
         text: String,
     },
+    /// A reply's latencies: when it finished, or (`interrupted`) when the
+    /// caller cut it off, with the stages it had reached by then.
     TurnMetrics {
         latency: TurnLatency,
+        interrupted: bool,
     },
     /// Barge-in timing: speech onset -> decision.
     BargeIn {
@@ -777,6 +780,12 @@ impl Conversation {
         self.emit(Event::BargeIn {
             onset_to_decision_ms: now.saturating_sub(onset) as u32,
         });
+        if reply.speech_ended_at.is_some() {
+            self.emit(Event::TurnMetrics {
+                latency: reply.latency,
+                interrupted: true,
+            });
+        }
         if !heard.is_empty() {
             // The model must not believe it said what the caller never heard.
             self.history.push(ChatMessage {
@@ -942,6 +951,7 @@ impl Conversation {
         if reply.speech_ended_at.is_some() {
             self.emit(Event::TurnMetrics {
                 latency: reply.latency,
+                interrupted: false,
             });
         }
         // A reply whose audio did not all go out (TTS failure) stores what

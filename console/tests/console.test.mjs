@@ -238,6 +238,19 @@ test('sign in, edit an assistant, talk to it over WebRTC, cut it off, read the t
     assert.ok(heard.length > 0, 'about a second of the reply was heard');
     assert.ok((await cut.textContent()).includes(heard), 'the mark quotes what was heard');
     assert.equal(await page.locator('#summary-extra').getAttribute('data-interruptions'), '1');
+    // The cut reply still gets its waterfall row, marked, with the stages it
+    // reached (it had spoken for a second: all of them).
+    const cutRow = page.locator('#waterfall .turn[data-interrupted="true"]');
+    await cutRow.waitFor();
+    assert.equal(await cutRow.count(), 1);
+    assert.equal(await cutRow.getAttribute('data-turn'), '2');
+    assert.match(await cutRow.locator('.label').textContent(), /cut off/);
+    for (const stage of ['first_token_ms', 'first_audio_ms', 'voice_to_voice_ms']) {
+      assert.match(await cutRow.locator(`.bar[data-stage="${stage}"] .val`).getAttribute('data-ms') ?? '', /^\d+$/,
+        `the cut turn's ${stage} is a number`);
+    }
+    const cutMetrics = (await page.evaluate(() => window.palaverConsole.metrics)).filter((m) => m.interrupted);
+    assert.equal(cutMetrics.length, 1, 'one turn.metrics marked interrupted');
     await shot(page, '05-barge-in');
 
     // Mute flips, hang-up ends the call.

@@ -206,12 +206,16 @@ pub fn event_json(event: &Event) -> Value {
             json!({"type": "assistant.interrupted", "heard_text": heard_text})
         }
         Event::AssistantDone { text } => json!({"type": "assistant.done", "text": text}),
-        Event::TurnMetrics { latency } => json!({
+        Event::TurnMetrics {
+            latency,
+            interrupted,
+        } => json!({
             "type": "turn.metrics",
             "transcript_ms": latency.transcript_ms,
             "first_token_ms": latency.first_token_ms,
             "first_audio_ms": latency.first_audio_ms,
             "voice_to_voice_ms": latency.voice_to_voice_ms,
+            "interrupted": interrupted,
         }),
         Event::BargeIn {
             onset_to_decision_ms,

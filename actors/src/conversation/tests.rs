@@ -329,7 +329,11 @@ fn replies_stream_sentence_by_sentence_and_report_latencies() {
     let metrics = events(&out)
         .into_iter()
         .find_map(|e| {
-            if let Event::TurnMetrics { latency } = e {
+            if let Event::TurnMetrics {
+                latency,
+                interrupted: false,
+            } = e
+            {
                 Some(*latency)
             } else {
                 None
@@ -431,6 +435,30 @@ fn barge_in_stops_audio_and_stores_exactly_what_was_heard() {
     assert_eq!(msg.content, LONG_REPLY);
     assert_eq!(msg.heard_text.as_deref(), Some("one two three four five"));
     assert_eq!(c.phase(), Phase::UserSpeaking);
+    // The cut reply still reports the stages it reached, marked interrupted,
+    // after the interruption itself.
+    let kinds: Vec<_> = events(&out)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::AssistantInterrupted { .. } => Some("interrupted"),
+            Event::TurnMetrics { .. } => Some("metrics"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, ["interrupted", "metrics"]);
+    let (latency, interrupted) = events(&out)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::TurnMetrics {
+                latency,
+                interrupted,
+            } => Some((*latency, *interrupted)),
+            _ => None,
+        })
+        .expect("turn metrics for the interrupted reply");
+    assert!(interrupted);
+    assert_eq!(latency, msg.latency);
+    assert!(latency.first_audio_ms.is_some() && latency.voice_to_voice_ms.is_some());
 
     // The caller's interruption becomes the next turn, and the model sees
     // only what was heard.
