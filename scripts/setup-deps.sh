@@ -18,7 +18,7 @@ die() { echo "setup-deps: ERROR: $*" >&2; exit 1; }
 
 RUN_PKGS=(pkg-config libopus-dev libpq-dev)
 BUILD_PKGS=(pkg-config libopus-dev libpq-dev gcc make)
-TEST_PKGS=(postgresql redis-server espeak-ng sox chromium firefox-esr curl)
+TEST_PKGS=(postgresql redis-server espeak-ng sox chromium firefox-esr curl iproute2)
 
 mode="${1:-test}"
 case "$mode" in

@@ -14,8 +14,9 @@
 #   CONSOLE_FROM_DISK=1 serve console/ from disk instead of the embedded copy
 #                     (while editing it: no rebuild needed)
 #   CONSOLE_BROWSERS  which browsers run (default "chromium firefox")
-#   CONSOLE_RTC_BIND  the server's WebRTC socket (default: this machine's
-#                     address with Firefox, 127.0.0.1:0 without)
+#   CONSOLE_RTC_BIND  the server's WebRTC socket (default: 127.0.0.1:0, or
+#                     with Firefox 10.199.0.1:0 inside a private network
+#                     namespace the script makes; setting it skips that)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root="$(pwd)"
@@ -45,7 +46,38 @@ mkdir -p "$artifacts"
 
 # playwright-core and puppeteer-core, pinned by the committed lock file (no
 # browser download: the tests launch Debian's Chromium and Firefox ESR).
-(cd console/tests && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+# (Not again inside the network namespace below: it has no route out.)
+if [ -z "${PALAVER_CONSOLE_NETNS:-}" ]; then
+  (cd console/tests && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+
+# Firefox gathers no loopback ICE candidates and never connects to a
+# 127.0.0.1 one (media.peerconnection.ice.loopback does not change that in
+# 153 ESR), so a run with Firefox happens in a private network namespace of
+# its own: loopback plus a veth pair whose address, 10.199.0.1, exists only
+# inside it. The server's media socket binds that address, the HTTP API
+# stays on 127.0.0.1, and no packet leaves the namespace. (Root, or a kernel
+# that allows unprivileged user namespaces, is needed; CONSOLE_RTC_BIND
+# skips the namespace, CONSOLE_BROWSERS=chromium does not need it.)
+netns_address=10.199.0.1
+if [[ " $browsers " == *" firefox "* ]] && [ -z "${CONSOLE_RTC_BIND:-}" ] && [ -z "${PALAVER_CONSOLE_NETNS:-}" ]; then
+  command -v unshare >/dev/null 2>&1 || die "unshare (util-linux) is missing: Firefox's run needs a network namespace"
+  command -v ip >/dev/null 2>&1 || die "ip (iproute2) is missing: Firefox's run needs a network namespace"
+  unshare_args=(--net)
+  [ "$(id -u)" -eq 0 ] || unshare_args+=(--map-root-user)
+  exec env PALAVER_CONSOLE_NETNS=1 PALAVER_BIN_DIR="$bin" CONSOLE_ARTIFACTS="$artifacts" \
+    unshare "${unshare_args[@]}" "$0" "$@"
+fi
+if [ -n "${PALAVER_CONSOLE_NETNS:-}" ]; then
+  ip link set lo up
+  ip link add pv0 type veth peer name pv1
+  ip addr add "$netns_address/24" dev pv0
+  ip link set pv0 up
+  ip link set pv1 up
+  # A default route into the pair, so browsers see a network "up" (Firefox
+  # goes offline without one); what it routes ends at pv1, inside.
+  ip route add default dev pv0
+fi
 
 work="$(mktemp -d)"
 server_pid=""
@@ -79,24 +111,11 @@ for _ in $(seq 1 100); do
 done
 [ -n "$fake_url" ] || { cat "$work/fake.log" >&2; die "the fake providers did not start"; }
 
-# The server's one WebRTC candidate. Firefox gathers no loopback ICE
-# candidates and never connects to a 127.0.0.1 one (media.peerconnection.ice.
-# loopback does not change that in 153 ESR), so with Firefox in the run the
-# media socket binds this machine's own address (the one its default route
-# leaves from; no packet is sent to find it). The HTTP API stays on loopback.
-host_address() {
-  python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect(("192.0.2.1", 9)); print(s.getsockname()[0])' 2>/dev/null || true
-}
+# The server's one WebRTC candidate: loopback, or the namespace's address.
 rtc_bind="${CONSOLE_RTC_BIND:-}"
 if [ -z "$rtc_bind" ]; then
   rtc_bind=127.0.0.1:0
-  case " $browsers " in *" firefox "*)
-    address="$(host_address)"
-    case "$address" in
-      ''|127.*) die "Firefox needs a non-loopback IPv4 address for WebRTC and this machine has none (CONSOLE_BROWSERS=chromium runs without it)" ;;
-    esac
-    rtc_bind="$address:0" ;;
-  esac
+  [ -n "${PALAVER_CONSOLE_NETNS:-}" ] && rtc_bind="$netns_address:0"
 fi
 
 port="$(free_port)"

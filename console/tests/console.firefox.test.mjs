@@ -41,8 +41,11 @@ test('Firefox: sign in, create an assistant, a typed turn over WebRTC with its v
       'media.navigator.streams.fake': true,
       'media.navigator.permission.disabled': true,
       'media.navigator.audio.fake_frequency': 0,
-      // The server is on loopback: let ICE use it.
+      // ICE uses the test's network namespace address (Firefox gathers no
+      // loopback candidates); never go offline because the namespace has
+      // no way out.
       'media.peerconnection.ice.loopback': true,
+      'network.manage-offline-status': false,
       'media.peerconnection.ice.obfuscate_host_addresses': false,
       'media.autoplay.default': 0,
       'media.autoplay.block-webaudio': false,
