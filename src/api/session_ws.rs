@@ -5,7 +5,10 @@
 //! events (`session.started`, `transcript.final`, `assistant.delta`,
 //! `assistant.speaking`, `assistant.interrupted`, `assistant.done`,
 //! `turn.metrics`, `error`, `session.ended`), `assistant-message` and
-//! `session-ended`.
+//! `session-ended`. `turn.metrics` follows every reply, completed or cut
+//! off: `transcript_ms`, `first_token_ms`, `first_audio_ms`,
+//! `voice_to_voice_ms` (from the end of the caller's speech; `null` for a
+//! stage the reply never reached) and `interrupted`.
 //!
 //! Binary frames are 20 ms of audio both ways: by default 16 kHz mono PCM16
 //! little-endian (640 bytes). A client that sends
