@@ -1,7 +1,13 @@
-//! What the HTTP provider adapters share (OpenAI, ElevenLabs): one pooled
-//! HTTP client per provider, the base URL and key, the timeouts, the single
-//! retry, and turning every failure into a [`ProviderError`] that names the
-//! provider and never its key.
+//! What the HTTP provider adapters share (OpenAI, ElevenLabs): pooled HTTP
+//! clients, the base URL and key, the timeouts, the single retry, and
+//! turning every failure into a [`ProviderError`] that names the provider
+//! and never its key.
+//!
+//! Clients are made once per thread and connect timeout, not per session
+//! (see [`shared_client`]): a session's adapters are built when it is
+//! joined, and a client per join cost several milliseconds of every join
+//! (loading the CA roots) and a fresh TCP + TLS handshake to the provider
+//! on every session's first request.
 //!
 //! The timeouts of one call:
 //! - *first byte*: connecting, the response head and the first body byte
@@ -123,6 +129,31 @@ impl ProviderEndpoint<'_> {
     }
 }
 
+/// This thread's HTTP client for `connect_timeout`, made on first use.
+///
+/// Per thread because a pooled connection's task runs on the runtime that
+/// opened it: an actix worker is one thread with its own runtime, its
+/// sessions' adapters run on it, and its client (so its connections to the
+/// providers, kept alive between sessions) lives and dies with it. A test
+/// server's threads, and their clients, go when it stops.
+fn shared_client(connect_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    thread_local! {
+        static CLIENTS: std::cell::RefCell<Vec<(Duration, reqwest::Client)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    CLIENTS.with(|clients| {
+        let mut clients = clients.borrow_mut();
+        if let Some((_, client)) = clients.iter().find(|(t, _)| *t == connect_timeout) {
+            return Ok(client.clone());
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .build()?;
+        clients.push((connect_timeout, client.clone()));
+        Ok(client)
+    })
+}
+
 /// A configured HTTP provider API. Cheap to clone: clones share the
 /// connection pool.
 #[derive(Debug, Clone)]
@@ -151,10 +182,8 @@ impl HttpApi {
             .as_ref()
             .map(|key| key_header.header(provider, key))
             .transpose()?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeouts.first_byte)
-            .build()
-            .map_err(|e| ProviderError::Unavailable {
+        let client =
+            shared_client(timeouts.first_byte).map_err(|e| ProviderError::Unavailable {
                 provider,
                 message: format!("cannot build the HTTP client: {}", describe(&e)),
             })?;
