@@ -508,6 +508,62 @@ struct Shared<T: Transport> {
     phases: RefCell<Vec<&'static str>>,
 }
 
+/// The one-line live status, refreshed every second on stderr while a run
+/// goes (only when stderr is a terminal: logs and CI get the final report
+/// alone).
+async fn progress<T: Transport>(shared: Rc<Shared<T>>) {
+    use std::io::Write;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut line = String::with_capacity(160);
+    loop {
+        tick.tick().await;
+        line.clear();
+        status_line(
+            &mut line,
+            shared.started.elapsed(),
+            &shared.phases.borrow(),
+            &shared.stats.borrow(),
+        );
+        let mut err = std::io::stderr().lock();
+        // \r and "erase line": the status overwrites itself.
+        let _ = write!(err, "\r\x1b[2K{line}");
+        let _ = err.flush();
+    }
+}
+
+/// Elapsed time, callers by what they do, turns, failures and the first
+/// audio percentiles so far.
+fn status_line(out: &mut String, elapsed: Duration, phases: &[&str], stats: &VoiceStats) {
+    use std::fmt::Write;
+    let (mut waiting, mut in_call, mut done) = (0, 0, 0);
+    for phase in phases {
+        match *phase {
+            "waiting to start" => waiting += 1,
+            "done" => done += 1,
+            _ => in_call += 1,
+        }
+    }
+    let failures: u64 = stats
+        .ops
+        .values()
+        .map(|op| op.failures.values().sum::<u64>())
+        .sum();
+    let _ = write!(
+        out,
+        "{:>5.0} s · callers {in_call} in call, {waiting} waiting, {done} done · turns {} · failures {failures}",
+        elapsed.as_secs_f64(),
+        stats.turns_completed,
+    );
+    if let Some(first_audio) = stats.ops.get("first-audio").filter(|op| op.ok() > 0) {
+        let s = first_audio.summary(elapsed);
+        let _ = write!(
+            out,
+            " · first audio p50 {:.1} ms, p99 {:.1} ms",
+            s.p50_ms, s.p99_ms
+        );
+    }
+}
+
 impl<T: Transport> Shared<T> {
     fn phase(&self, index: usize, phase: &'static str) {
         if let Some(slot) = self.phases.borrow_mut().get_mut(index) {
@@ -855,6 +911,8 @@ pub(crate) async fn run<T: Transport>(
     let tasks: Vec<_> = (0..callers)
         .map(|index| tokio::task::spawn_local(caller(shared.clone(), index)))
         .collect();
+    let live = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        .then(|| tokio::task::spawn_local(progress(shared.clone())));
     // Every wait of a caller is bounded, but a transport may still hang (a
     // close that never returns): such callers are aborted, as failures.
     let give_up = shared.hard_stop + STUCK_GRACE;
@@ -873,6 +931,10 @@ pub(crate) async fn run<T: Transport>(
         }
     }
     let elapsed = started.elapsed();
+    if let Some(live) = live {
+        live.abort();
+        eprintln!();
+    }
 
     let stats = shared.stats.take();
     let started_callers = callers - stats.callers_not_started;
@@ -942,6 +1004,31 @@ mod tests {
 
     fn event(ty: &str) -> Value {
         json!({"type": ty})
+    }
+
+    #[test]
+    fn the_status_line_counts_callers_turns_failures_and_first_audio() {
+        let mut stats = VoiceStats::default();
+        let mut line = String::new();
+        status_line(
+            &mut line,
+            ms(3_000),
+            &["waiting to start", "connecting", "done"],
+            &stats,
+        );
+        assert_eq!(
+            line,
+            "    3 s · callers 1 in call, 1 waiting, 1 done · turns 0 · failures 0"
+        );
+        stats.turns_completed = 4;
+        stats.record("first-audio", ms(12));
+        stats.fail("rtc-connect", "timed out");
+        line.clear();
+        status_line(&mut line, ms(61_400), &["done"], &stats);
+        assert_eq!(
+            line,
+            "   61 s · callers 0 in call, 0 waiting, 1 done · turns 4 · failures 1 · first audio p50 12.0 ms, p99 12.0 ms"
+        );
     }
 
     fn ok(stats: &VoiceStats, op: &str) -> u64 {
