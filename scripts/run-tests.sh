@@ -19,9 +19,11 @@ export PALAVER_TEST_REDIS_URL="$REDIS_URL_TEST"
 echo "== test suite on SQLite"
 cargo test --workspace --all-targets
 
-# Only the server crate touches the database; the others ran above.
-echo "== server test suite on Postgres ($PG_URL)"
-PALAVER_TEST_DATABASE_URL="$PG_URL" cargo test -p palaver --all-targets
+# The whole workspace again: `-p palaver` alone would resolve features
+# differently and rebuild half the dependencies (minutes), more than the
+# other crates' tests cost.
+echo "== test suite on Postgres ($PG_URL)"
+PALAVER_TEST_DATABASE_URL="$PG_URL" cargo test --workspace --all-targets
 
 if [ "${PALAVER_SKIP_CONSOLE_TEST:-0}" = 1 ]; then
   echo "== console browser test skipped (PALAVER_SKIP_CONSOLE_TEST=1)"
