@@ -9,6 +9,9 @@
 #   callers        default: 10 50 100
 #   TRANSPORT      ws (default): voice-ws; webrtc: voice-rtc (webrtc-rs callers)
 #   TURNS          turns per caller (default 3)
+#   RAMP           callers started per second (default 20; a caller lasts
+#                  ~15 s, so above ~300 callers raise it to have them all
+#                  connected at once)
 #   PHASES         which provider settings: "zero-latency realistic" (default)
 #   LOADTEST_ARGS  more palaver-loadtest arguments (e.g. "--decode-audio"
 #                  for voice-rtc)
@@ -19,6 +22,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ $# -gt 0 ]; then callers_list=("$@"); else callers_list=(10 50 100); fi
 turns="${TURNS:-3}"
+ramp="${RAMP:-20}"
 transport="${TRANSPORT:-ws}"
 case "$transport" in
   ws | websocket) transport=ws scenario=voice-ws ;;
@@ -79,11 +83,11 @@ phase() {
   local status=0 out="${BENCH_JSON_DIR:-$work}" prefix=voice
   [ "$transport" = webrtc ] && prefix=voice-rtc
   for callers in "${callers_list[@]}"; do
-    echo "-- $callers callers × $turns turns, 30 % barge-in, ramp 20/s; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "-- $callers callers × $turns turns, 30 % barge-in, ramp $ramp/s; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
     # Without --assistant-id, the scenario creates one (openai LLM and TTS).
     PALAVER_API_KEY="$key" "$bin"/palaver-loadtest "$scenario" --url http://127.0.0.1:18081 \
       --callers "$callers" --turns "$turns" --barge-in-share 0.3 \
-      --ramp-per-second 20 --max-seconds 120 --server-pid "$server_pid" \
+      --ramp-per-second "$ramp" --max-seconds 120 --server-pid "$server_pid" \
       --providers-url "$fake_url" --json "$out/$prefix-$name-$callers.json" \
       ${extra_args[@]+"${extra_args[@]}"} || status=1
     echo "   load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
