@@ -1095,6 +1095,16 @@ fn each_provider_offers_only_its_ports() {
             .contains("known: openai, deepgram, elevenlabs"),
         "{err}"
     );
+    // The default of a new assistant names what to do instead.
+    let err = providers.language_model("local").err().expect("not built");
+    assert_eq!(err.code(), "provider_unavailable");
+    assert!(
+        err.to_string().contains(
+            "`local` (the embedded engines) has no language model in this build yet; \
+             give the assistant one of: openai, deepgram, elevenlabs"
+        ),
+        "{err}"
+    );
 }
 
 #[test]

@@ -163,6 +163,14 @@ impl Providers {
 fn unknown(name: &str, port: &str) -> ProviderError {
     let message = if PROVIDER_NAMES.contains(&name) {
         format!("provider `{name}` offers no {port}")
+    } else if name == "local" {
+        // A name the API accepts (and the default of a new assistant) whose
+        // engines are not in this build yet: say so, not "unknown".
+        format!(
+            "`local` (the embedded engines) has no {port} in this build yet; \
+             give the assistant one of: {}",
+            PROVIDER_NAMES.join(", ")
+        )
     } else {
         format!(
             "no provider named `{name}`; known: {}",
