@@ -158,6 +158,15 @@ async fn voice_ws_scenario_runs_clean_records_every_metric_and_barges_in() {
     let json = serde_json::to_value(&report).unwrap();
     assert!(json["operations"]["barge-in-stop"]["p99_ms"].is_number());
     assert!(json["voice"]["server"]["peak_rss_mib"].is_number());
+    assert!(json["voice"]["server"]["timeline"][0]["cpu_percent"].is_number());
+    // The HTML report of the same run: every operation, the server's
+    // charts, nothing fetched from elsewhere.
+    let html = palaver_loadtest::html::render(&report);
+    for op in report.operations.keys() {
+        assert!(html.contains(&format!("<td>{op}</td>")), "{op}");
+    }
+    assert!(html.contains("aria-label=\"CPU % over time\""));
+    assert!(!html.contains("http://") && !html.contains("https://"));
 
     // Failures are counted with their reason, not hidden.
     let report = voice_ws::run(VoiceConfig {

@@ -15,11 +15,14 @@
 //!   transcription) with configurable latency, for the server to talk to.
 //! - [`resources`]: the server process's CPU and memory, from `/proc`.
 //! - [`report`]: HdrHistogram percentiles per operation, printed and as JSON.
+//! - [`html`]: the same report as one self-contained HTML page with inline
+//!   SVG charts (percentiles, CPU and memory over time).
 //!
 //! The chat scenarios join with that work. This crate never links the
 //! server: everything goes through HTTP, WebSocket and WebRTC.
 
 pub mod fake_providers;
+pub mod html;
 pub mod report;
 pub mod resources;
 pub mod rest;

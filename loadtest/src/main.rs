@@ -47,6 +47,9 @@ enum Command {
         /// Also write the report as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Also write the report as a self-contained HTML page here.
+        #[arg(long)]
+        html: Option<PathBuf>,
     },
     /// Voice sessions over WebSocket: callers type turns, some cut in;
     /// first text, first audio, turn, barge-in stop and frame jitter are
@@ -148,11 +151,16 @@ struct VoiceArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also write the report as a self-contained HTML page (tables, and
+    /// inline SVG charts of the percentiles and of CPU and memory over
+    /// time) here.
+    #[arg(long)]
+    html: Option<PathBuf>,
 }
 
 impl VoiceArgs {
-    /// The scenario's settings, and where to write the JSON report.
-    fn into_config(self) -> (VoiceConfig, Option<PathBuf>) {
+    /// The scenario's settings, and where to write the reports.
+    fn into_config(self) -> (VoiceConfig, Outputs) {
         let config = VoiceConfig {
             base_url: self.url,
             api_key: self.api_key,
@@ -169,8 +177,21 @@ impl VoiceArgs {
             server_pid: self.server_pid,
             fake_providers_url: self.providers_url,
         };
-        (config, self.json)
+        (
+            config,
+            Outputs {
+                json: self.json,
+                html: self.html,
+            },
+        )
     }
+}
+
+/// Where the report goes besides the terminal.
+#[derive(Debug, Default)]
+struct Outputs {
+    json: Option<PathBuf>,
+    html: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -184,6 +205,7 @@ fn main() -> ExitCode {
             max_seconds,
             assistant_id,
             json,
+            html,
         } => {
             let config = RestConfig {
                 base_url: url,
@@ -201,20 +223,20 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            finish(runtime.block_on(rest::run(config)), json)
+            finish(runtime.block_on(rest::run(config)), Outputs { json, html })
         }
         Command::VoiceWs(voice) => {
-            let (config, json) = voice.into_config();
+            let (config, outputs) = voice.into_config();
             // awc's WebSocket client runs on an actix System (one thread).
             let result = actix_rt::System::new().block_on(voice_ws::run(config));
-            finish(result, json)
+            finish(result, outputs)
         }
         Command::VoiceRtc {
             voice,
             decode_audio,
             audio_queue,
         } => {
-            let (config, json) = voice.into_config();
+            let (config, outputs) = voice.into_config();
             let options = RtcOptions {
                 decode_audio,
                 audio_queue,
@@ -235,7 +257,7 @@ fn main() -> ExitCode {
             };
             let local = tokio::task::LocalSet::new();
             let result = runtime.block_on(local.run_until(voice_rtc::run(config, options)));
-            finish(result, json)
+            finish(result, outputs)
         }
         Command::FakeProviders {
             bind,
@@ -280,7 +302,7 @@ fn main() -> ExitCode {
 }
 
 /// Prints the report, writes its JSON; fails when any operation failed.
-fn finish(result: Result<Report, RunError>, json: Option<PathBuf>) -> ExitCode {
+fn finish(result: Result<Report, RunError>, outputs: Outputs) -> ExitCode {
     let report = match result {
         Ok(report) => report,
         Err(err) => {
@@ -289,8 +311,15 @@ fn finish(result: Result<Report, RunError>, json: Option<PathBuf>) -> ExitCode {
         }
     };
     print!("{}", report.table());
-    if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+    let files = [
+        (
+            outputs.json,
+            serde_json::to_string_pretty(&report).unwrap_or_default(),
+        ),
+        (outputs.html, palaver_loadtest::html::render(&report)),
+    ];
+    for (path, text) in files {
+        let Some(path) = path else { continue };
         if let Err(err) = std::fs::write(&path, text) {
             eprintln!("palaver-loadtest: cannot write {}: {err}", path.display());
             return ExitCode::FAILURE;

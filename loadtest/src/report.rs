@@ -182,6 +182,19 @@ pub struct ServerResources {
     pub mean_cpu_percent: f64,
     /// The busiest sampling interval.
     pub max_cpu_percent: f64,
+    /// One point per sampling interval, for charts.
+    pub timeline: Vec<ResourcePoint>,
+}
+
+/// The process over one sampling interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ResourcePoint {
+    /// Seconds from the first sample to the end of the interval.
+    pub t_s: f64,
+    /// CPU over the interval (200 % = two cores busy).
+    pub cpu_percent: f64,
+    /// Resident memory at the end of the interval.
+    pub rss_mib: f64,
 }
 
 impl Report {

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::report::ServerResources;
+use crate::report::{ResourcePoint, ServerResources};
 
 /// Clock ticks per second in `/proc/<pid>/stat` (`USER_HZ`): part of the
 /// kernel's ABI, 100 on every architecture Palaver is built for.
@@ -115,9 +115,18 @@ fn summarize(pid: u32, samples: &[Sample], callers: usize) -> ServerResources {
         .windows(2)
         .map(|w| cpu_percent(&w[0], &w[1]))
         .fold(0.0, f64::max);
+    let timeline = samples
+        .windows(2)
+        .map(|w| ResourcePoint {
+            t_s: w[1].at.duration_since(first.at).as_secs_f64(),
+            cpu_percent: cpu_percent(&w[0], &w[1]),
+            rss_mib: mib(w[1].rss_kib),
+        })
+        .collect();
     ServerResources {
         pid,
         samples: samples.len(),
+        timeline,
         baseline_rss_mib: mib(first.rss_kib),
         peak_rss_mib: mib(peak),
         rss_per_caller_kib: peak.saturating_sub(first.rss_kib) as f64 / callers.max(1) as f64,
@@ -190,5 +199,11 @@ mod tests {
         assert!((r.rss_per_caller_kib - 1024.0).abs() < 1e-9);
         assert!((r.mean_cpu_percent - 35.0).abs() < 1e-6);
         assert!((r.max_cpu_percent - 50.0).abs() < 1e-6);
+        let points: Vec<(f64, f64, f64)> = r
+            .timeline
+            .iter()
+            .map(|p| (p.t_s, p.cpu_percent.round(), p.rss_mib))
+            .collect();
+        assert_eq!(points, [(1.0, 50.0, 20.0), (2.0, 20.0, 15.0)]);
     }
 }

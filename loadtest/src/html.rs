@@ -1,0 +1,293 @@
+//! The self-contained HTML report of a run (`--html`): parameters, the
+//! percentile table, a percentile chart per operation, and the server's and
+//! the load generator's CPU and memory over time, as inline SVG. No script,
+//! no style sheet or font from elsewhere: the file is the whole report.
+
+use std::fmt::Write;
+
+use crate::report::{OpSummary, Report, ResourcePoint, ServerResources};
+
+/// The report as one HTML document.
+pub fn render(report: &Report) -> String {
+    let mut out = String::with_capacity(32 * 1024);
+    let title = format!(
+        "palaver-loadtest {} · {} clients · {:.1} s",
+        report.scenario, report.concurrency, report.elapsed_s
+    );
+    let _ = write!(
+        out,
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>{}</title><style>{STYLE}</style></head><body>\n<h1>{}</h1>\n",
+        escape(&title),
+        escape(&title)
+    );
+    summary(&mut out, report);
+    operations(&mut out, report);
+    if let Some(voice) = &report.voice {
+        for (name, resources) in [
+            ("Server", &voice.server),
+            ("Load generator", &voice.load_generator),
+        ] {
+            if let Some(r) = resources {
+                resources_section(&mut out, name, r);
+            }
+        }
+    }
+    out.push_str("</body></html>\n");
+    out
+}
+
+const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}\
+h1{font-size:20px}h2{font-size:16px;margin-top:28px}\
+table{border-collapse:collapse}td,th{padding:3px 10px;text-align:right;border-bottom:1px solid #ddd}\
+td:first-child,th:first-child{text-align:left}.bad{color:#b00020}\
+svg{display:block;margin:6px 0}text{font:11px system-ui,sans-serif;fill:#333}";
+
+fn summary(out: &mut String, report: &Report) {
+    let Some(v) = &report.voice else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "<p>callers {} ({} cutting in, {} not started) · turns {}/{} completed, {} not run · \
+         barge-ins {} sent, {} interrupted · {} audio frames · failures <span class=\"{}\">{}</span></p>",
+        v.callers,
+        v.barge_in_callers,
+        v.callers_not_started,
+        v.turns_completed,
+        v.turns_planned,
+        v.turns_not_run,
+        v.barge_ins_sent,
+        v.barge_ins_observed,
+        v.audio_frames,
+        if report.failed() > 0 { "bad" } else { "" },
+        report.failed()
+    );
+    if let Some(p) = &v.providers {
+        let _ = writeln!(
+            out,
+            "<p>fake providers: LLM first byte {} ms, TTS first byte {} ms; {} chat and {} speech requests</p>",
+            p.llm_delay_ms, p.tts_delay_ms, p.chat_requests, p.speech_requests
+        );
+    }
+}
+
+fn operations(out: &mut String, report: &Report) {
+    out.push_str(
+        "<h2>Operations</h2>\n<table><tr><th>operation</th><th>ok</th><th>failed</th>\
+         <th>per s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th><th>p50 · p90 · p99 · max</th></tr>\n",
+    );
+    for (name, op) in &report.operations {
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{:.1}</td><td>{:.2}</td>\
+             <td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>",
+            escape(name),
+            op.ok,
+            if op.failed > 0 { "bad" } else { "" },
+            op.failed,
+            op.per_second,
+            op.p50_ms,
+            op.p90_ms,
+            op.p99_ms,
+            op.max_ms
+        );
+        percentile_bars(out, op);
+        out.push_str("</td></tr>\n");
+    }
+    out.push_str("</table>\n");
+    let failures: Vec<(&String, &String, u64)> = report
+        .operations
+        .iter()
+        .flat_map(|(name, op)| op.failures.iter().map(move |(why, n)| (name, why, *n)))
+        .collect();
+    if !failures.is_empty() {
+        out.push_str(
+            "<h2>Failures</h2>\n<table><tr><th>operation</th><th>reason</th><th>count</th></tr>\n",
+        );
+        for (name, why, n) in failures {
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td style=\"text-align:left\">{}</td><td>{n}</td></tr>",
+                escape(name),
+                escape(why)
+            );
+        }
+        out.push_str("</table>\n");
+    }
+}
+
+/// Four bars (p50, p90, p99, max) scaled to the operation's max.
+fn percentile_bars(out: &mut String, op: &OpSummary) {
+    const W: f64 = 220.0;
+    let max = op.max_ms.max(1e-9);
+    out.push_str("<svg width=\"230\" height=\"34\" role=\"img\">");
+    for (i, (value, color)) in [
+        (op.p50_ms, "#2a7ab0"),
+        (op.p90_ms, "#4a9a5a"),
+        (op.p99_ms, "#d08a20"),
+        (op.max_ms, "#b04040"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let width = (value / max * W).clamp(0.0, W);
+        let _ = write!(
+            out,
+            "<rect x=\"0\" y=\"{}\" width=\"{width:.1}\" height=\"7\" fill=\"{color}\"><title>{value:.2} ms</title></rect>",
+            i * 8 + 1
+        );
+    }
+    out.push_str("</svg>");
+}
+
+fn resources_section(out: &mut String, name: &str, r: &ServerResources) {
+    let _ = write!(
+        out,
+        "<h2>{} (pid {})</h2>\n<p>RSS {:.1} → {:.1} MiB ({:.0} KiB per caller) · CPU mean {:.0} %, busiest second {:.0} % \
+         (200 % = two cores)</p>\n",
+        escape(name),
+        r.pid,
+        r.baseline_rss_mib,
+        r.peak_rss_mib,
+        r.rss_per_caller_kib,
+        r.mean_cpu_percent,
+        r.max_cpu_percent
+    );
+    line_chart(out, "CPU %", &r.timeline, |p| p.cpu_percent);
+    line_chart(out, "RSS MiB", &r.timeline, |p| p.rss_mib);
+}
+
+/// A line over time, axes labelled with the extremes.
+fn line_chart(
+    out: &mut String,
+    label: &str,
+    points: &[ResourcePoint],
+    value: impl Fn(&ResourcePoint) -> f64,
+) {
+    const W: f64 = 640.0;
+    const H: f64 = 140.0;
+    const LEFT: f64 = 50.0;
+    const BOTTOM: f64 = 20.0;
+    if points.is_empty() {
+        return;
+    }
+    let t_max = points.iter().map(|p| p.t_s).fold(0.0, f64::max).max(1e-9);
+    let v_max = points.iter().map(&value).fold(0.0, f64::max).max(1e-9);
+    let x = |t: f64| LEFT + t / t_max * (W - LEFT - 10.0);
+    let y = |v: f64| 10.0 + (1.0 - v / v_max) * (H - BOTTOM - 10.0);
+    let _ = write!(
+        out,
+        "<svg width=\"{W}\" height=\"{H}\" role=\"img\" aria-label=\"{} over time\">\
+         <line x1=\"{LEFT}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"#999\"/>\
+         <line x1=\"{LEFT}\" y1=\"10\" x2=\"{LEFT}\" y2=\"{b}\" stroke=\"#999\"/>\
+         <text x=\"4\" y=\"14\">{v_max:.0}</text><text x=\"4\" y=\"{b}\">0</text>\
+         <text x=\"{LEFT}\" y=\"{tl}\">0 s</text><text x=\"{tr}\" y=\"{tl}\">{t_max:.0} s</text>\
+         <text x=\"{mid}\" y=\"{tl}\">{}</text><polyline fill=\"none\" stroke=\"#2a7ab0\" stroke-width=\"1.5\" points=\"",
+        escape(label),
+        escape(label),
+        b = H - BOTTOM,
+        r = W - 10.0,
+        tl = H - 4.0,
+        tr = W - 40.0,
+        mid = W / 2.0 - 20.0,
+    );
+    for p in points {
+        let _ = write!(out, "{:.1},{:.1} ", x(p.t_s), y(value(p)));
+    }
+    out.push_str("\"/></svg>\n");
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::report::VoiceFigures;
+
+    fn op(p50: f64, failed: u64, failures: &[(&str, u64)]) -> OpSummary {
+        OpSummary {
+            ok: 10,
+            failed,
+            per_second: 2.0,
+            p50_ms: p50,
+            p90_ms: p50 * 2.0,
+            p99_ms: p50 * 3.0,
+            max_ms: p50 * 4.0,
+            failures: failures
+                .iter()
+                .map(|(w, n)| ((*w).to_owned(), *n))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_voice_report_is_one_self_contained_page_with_its_charts() {
+        let timeline = vec![
+            ResourcePoint {
+                t_s: 1.0,
+                cpu_percent: 40.0,
+                rss_mib: 30.0,
+            },
+            ResourcePoint {
+                t_s: 2.0,
+                cpu_percent: 80.0,
+                rss_mib: 35.0,
+            },
+        ];
+        let report = Report {
+            scenario: "voice-rtc".into(),
+            concurrency: 3,
+            elapsed_s: 12.5,
+            operations: BTreeMap::from([
+                ("first-audio".to_owned(), op(5.0, 0, &[])),
+                (
+                    "rtc-connect".to_owned(),
+                    op(450.0, 1, &[("timed out <ICE>", 1)]),
+                ),
+            ]),
+            voice: Some(VoiceFigures {
+                callers: 3,
+                turns_planned: 9,
+                turns_completed: 8,
+                server: Some(ServerResources {
+                    pid: 42,
+                    samples: 3,
+                    timeline,
+                    ..ServerResources::default()
+                }),
+                ..VoiceFigures::default()
+            }),
+        };
+        let html = render(&report);
+        assert!(html.starts_with("<!doctype html>"));
+        assert!(html.ends_with("</html>\n"));
+        assert!(html.contains("<td>first-audio</td>"));
+        assert!(html.contains("<td>rtc-connect</td>"));
+        // Every operation has its percentile bars; the server its CPU and RSS.
+        assert_eq!(html.matches("<svg width=\"230\"").count(), 2);
+        assert!(html.contains("aria-label=\"CPU % over time\""));
+        assert!(html.contains("aria-label=\"RSS MiB over time\""));
+        assert!(html.contains("polyline"));
+        // Reasons are escaped, and nothing is fetched from elsewhere.
+        assert!(html.contains("timed out &lt;ICE&gt;"));
+        assert!(!html.contains("<ICE>"));
+        for external in ["http://", "https://", "src=", "<script", "<link"] {
+            assert!(!html.contains(external), "{external}");
+        }
+    }
+}
