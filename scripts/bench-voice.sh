@@ -15,7 +15,7 @@
 #   PHASES         which provider settings: "zero-latency realistic" (default)
 #   LOADTEST_ARGS  more palaver-loadtest arguments (e.g. "--decode-audio"
 #                  for voice-rtc)
-#   BENCH_JSON_DIR keep the JSON reports and /metrics here
+#   BENCH_JSON_DIR keep the JSON and HTML reports and /metrics here
 #   PALAVER_BIN_DIR use the palaver and palaver-loadtest binaries there
 #                  instead of building release ones
 set -euo pipefail
@@ -89,6 +89,7 @@ phase() {
       --callers "$callers" --turns "$turns" --barge-in-share 0.3 \
       --ramp-per-second "$ramp" --max-seconds 120 --server-pid "$server_pid" \
       --providers-url "$fake_url" --json "$out/$prefix-$name-$callers.json" \
+      --html "$out/$prefix-$name-$callers.html" \
       ${extra_args[@]+"${extra_args[@]}"} || status=1
     echo "   load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
   done
