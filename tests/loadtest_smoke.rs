@@ -166,6 +166,18 @@ async fn voice_ws_scenario_runs_clean_records_every_metric_and_barges_in() {
         assert!(html.contains(&format!("<td>{op}</td>")), "{op}");
     }
     assert!(html.contains("aria-label=\"CPU % over time\""));
+    // Every reply's first audio is on the timeline, in the order they came.
+    assert_eq!(
+        voice.first_audio_over_time.len() as u64,
+        report.operations[voice_ws::FIRST_AUDIO].ok
+    );
+    assert!(
+        voice
+            .first_audio_over_time
+            .windows(2)
+            .all(|w| w[0].t_s <= w[1].t_s)
+    );
+    assert!(html.contains("aria-label=\"first audio ms over time\""));
     assert!(!html.contains("http://") && !html.contains("https://"));
 
     // Failures are counted with their reason, not hidden.

@@ -23,6 +23,17 @@ pub fn render(report: &Report) -> String {
     );
     summary(&mut out, report);
     operations(&mut out, report);
+    if let Some(voice) = &report.voice
+        && !voice.first_audio_over_time.is_empty()
+    {
+        out.push_str("<h2>First audio over the run</h2>\n");
+        let points: Vec<(f64, f64)> = voice
+            .first_audio_over_time
+            .iter()
+            .map(|p| (p.t_s, p.ms))
+            .collect();
+        chart(&mut out, "first audio ms", &points, Mark::Dots);
+    }
     if let Some(voice) = &report.voice {
         for (name, resources) in [
             ("Server", &voice.server),
@@ -154,17 +165,22 @@ fn resources_section(out: &mut String, name: &str, r: &ServerResources) {
         r.mean_cpu_percent,
         r.max_cpu_percent
     );
-    line_chart(out, "CPU %", &r.timeline, |p| p.cpu_percent);
-    line_chart(out, "RSS MiB", &r.timeline, |p| p.rss_mib);
+    let series = |value: fn(&ResourcePoint) -> f64| -> Vec<(f64, f64)> {
+        r.timeline.iter().map(|p| (p.t_s, value(p))).collect()
+    };
+    chart(out, "CPU %", &series(|p| p.cpu_percent), Mark::Line);
+    chart(out, "RSS MiB", &series(|p| p.rss_mib), Mark::Line);
 }
 
-/// A line over time, axes labelled with the extremes.
-fn line_chart(
-    out: &mut String,
-    label: &str,
-    points: &[ResourcePoint],
-    value: impl Fn(&ResourcePoint) -> f64,
-) {
+/// How a chart draws its points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    Line,
+    Dots,
+}
+
+/// (seconds, value) points over time, axes labelled with the extremes.
+fn chart(out: &mut String, label: &str, points: &[(f64, f64)], mark: Mark) {
     const W: f64 = 640.0;
     const H: f64 = 140.0;
     const LEFT: f64 = 50.0;
@@ -172,8 +188,8 @@ fn line_chart(
     if points.is_empty() {
         return;
     }
-    let t_max = points.iter().map(|p| p.t_s).fold(0.0, f64::max).max(1e-9);
-    let v_max = points.iter().map(&value).fold(0.0, f64::max).max(1e-9);
+    let t_max = points.iter().map(|p| p.0).fold(0.0, f64::max).max(1e-9);
+    let v_max = points.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9);
     let x = |t: f64| LEFT + t / t_max * (W - LEFT - 10.0);
     let y = |v: f64| 10.0 + (1.0 - v / v_max) * (H - BOTTOM - 10.0);
     let _ = write!(
@@ -183,7 +199,7 @@ fn line_chart(
          <line x1=\"{LEFT}\" y1=\"10\" x2=\"{LEFT}\" y2=\"{b}\" stroke=\"#999\"/>\
          <text x=\"4\" y=\"14\">{v_max:.0}</text><text x=\"4\" y=\"{b}\">0</text>\
          <text x=\"{LEFT}\" y=\"{tl}\">0 s</text><text x=\"{tr}\" y=\"{tl}\">{t_max:.0} s</text>\
-         <text x=\"{mid}\" y=\"{tl}\">{}</text><polyline fill=\"none\" stroke=\"#2a7ab0\" stroke-width=\"1.5\" points=\"",
+         <text x=\"{mid}\" y=\"{tl}\">{}</text>",
         escape(label),
         escape(label),
         b = H - BOTTOM,
@@ -192,10 +208,28 @@ fn line_chart(
         tr = W - 40.0,
         mid = W / 2.0 - 20.0,
     );
-    for p in points {
-        let _ = write!(out, "{:.1},{:.1} ", x(p.t_s), y(value(p)));
+    match mark {
+        Mark::Line => {
+            out.push_str(
+                "<polyline fill=\"none\" stroke=\"#2a7ab0\" stroke-width=\"1.5\" points=\"",
+            );
+            for &(t, v) in points {
+                let _ = write!(out, "{:.1},{:.1} ", x(t), y(v));
+            }
+            out.push_str("\"/>");
+        }
+        Mark::Dots => {
+            for &(t, v) in points {
+                let _ = write!(
+                    out,
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2\" fill=\"#d08a20\"/>",
+                    x(t),
+                    y(v)
+                );
+            }
+        }
     }
-    out.push_str("\"/></svg>\n");
+    out.push_str("</svg>\n");
 }
 
 fn escape(text: &str) -> String {
@@ -217,7 +251,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::report::VoiceFigures;
+    use crate::report::{LatencyPoint, VoiceFigures};
 
     fn op(p50: f64, failed: u64, failures: &[(&str, u64)]) -> OpSummary {
         OpSummary {
@@ -264,6 +298,10 @@ mod tests {
                 callers: 3,
                 turns_planned: 9,
                 turns_completed: 8,
+                first_audio_over_time: vec![
+                    LatencyPoint { t_s: 1.5, ms: 6.0 },
+                    LatencyPoint { t_s: 7.0, ms: 9.5 },
+                ],
                 server: Some(ServerResources {
                     pid: 42,
                     samples: 3,
@@ -283,6 +321,8 @@ mod tests {
         assert!(html.contains("aria-label=\"CPU % over time\""));
         assert!(html.contains("aria-label=\"RSS MiB over time\""));
         assert!(html.contains("polyline"));
+        assert!(html.contains("aria-label=\"first audio ms over time\""));
+        assert_eq!(html.matches("<circle").count(), 2);
         // Reasons are escaped, and nothing is fetched from elsewhere.
         assert!(html.contains("timed out &lt;ICE&gt;"));
         assert!(!html.contains("<ICE>"));

@@ -130,6 +130,8 @@ pub struct VoiceFigures {
     /// What the WebRTC callers counted (WebRTC runs only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rtc: Option<RtcFigures>,
+    /// Every reply's first audio, by when it came: latency over the run.
+    pub first_audio_over_time: Vec<LatencyPoint>,
 }
 
 /// RTP and data channel counts of a WebRTC run, summed over callers.
@@ -184,6 +186,14 @@ pub struct ServerResources {
     pub max_cpu_percent: f64,
     /// One point per sampling interval, for charts.
     pub timeline: Vec<ResourcePoint>,
+}
+
+/// One latency sample at a moment of the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LatencyPoint {
+    /// Seconds into the run.
+    pub t_s: f64,
+    pub ms: f64,
 }
 
 /// The process over one sampling interval.

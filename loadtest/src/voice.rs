@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::fake_providers::FakeStats;
-use crate::report::{OpStats, ProviderFigures, Report, VoiceFigures};
+use crate::report::{LatencyPoint, OpStats, ProviderFigures, Report, VoiceFigures};
 use crate::resources::ProcessSampler;
 use crate::rest::{ApiClient, RunError};
 
@@ -165,11 +165,23 @@ struct VoiceStats {
     late_frames_after_done: u64,
     late_frames_after_interrupted: u64,
     turns_with_late_audio: u64,
+    /// The run's start, for the first-audio timeline.
+    started: Option<Instant>,
+    /// (seconds into the run, first audio in ms) of every reply.
+    first_audio_over_time: Vec<LatencyPoint>,
 }
 
 impl VoiceStats {
     fn record(&mut self, op: &'static str, latency: Duration) {
         self.ops.entry(op).or_default().record(latency);
+        if op == FIRST_AUDIO
+            && let Some(started) = self.started
+        {
+            self.first_audio_over_time.push(LatencyPoint {
+                t_s: started.elapsed().as_secs_f64(),
+                ms: latency.as_secs_f64() * 1000.0,
+            });
+        }
     }
 
     fn fail(&mut self, op: &'static str, reason: impl Into<String>) {
@@ -904,7 +916,10 @@ pub(crate) async fn run<T: Transport>(
         started,
         deadline,
         hard_stop: deadline + config.idle_timeout,
-        stats: RefCell::new(VoiceStats::default()),
+        stats: RefCell::new(VoiceStats {
+            started: Some(started),
+            ..VoiceStats::default()
+        }),
         phases: RefCell::new(vec!["waiting to start"; callers]),
         config,
     });
@@ -979,6 +994,7 @@ pub(crate) async fn run<T: Transport>(
         providers,
         server,
         load_generator,
+        first_audio_over_time: stats.first_audio_over_time,
         rtc: None,
     };
     T::report(&shared.setup, &mut voice);
