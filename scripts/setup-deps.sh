@@ -2,7 +2,8 @@
 # Install the Debian/Ubuntu packages Palaver needs, but only the missing ones.
 #
 # Usage: scripts/setup-deps.sh [run|test]
-#   run   what `make run` needs: pkg-config libopus-dev libpq-dev
+#   run   what `make run` needs: pkg-config libopus-dev libpq-dev espeak-ng (the local
+#         voice's phonemizer and fallback voice, run as a program)
 #   test  everything: build tools + postgresql redis-server espeak-ng sox, and for
 #         the console's browser test chromium curl (+ nodejs npm when npm is missing)
 #
@@ -16,7 +17,7 @@ cd "$REPO_ROOT"
 
 die() { echo "setup-deps: ERROR: $*" >&2; exit 1; }
 
-RUN_PKGS=(pkg-config libopus-dev libpq-dev)
+RUN_PKGS=(pkg-config libopus-dev libpq-dev espeak-ng)
 BUILD_PKGS=(pkg-config libopus-dev libpq-dev gcc make)
 TEST_PKGS=(postgresql redis-server espeak-ng sox chromium firefox-esr curl iproute2)
 
@@ -29,7 +30,7 @@ case "$mode" in
     # there is no npm at all, take Debian's.
     command -v npm >/dev/null 2>&1 || wanted+=(nodejs npm)
     ;;
-  -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) die "unknown mode '$mode'. Usage: $0 [run|test]" ;;
 esac
 [ $# -le 1 ] || die "too many arguments. Usage: $0 [run|test]"

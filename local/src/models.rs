@@ -15,6 +15,14 @@ pub enum ModelError {
         path: PathBuf,
         message: String,
     },
+    /// A program the engine runs (espeak-ng) is missing or failed; the
+    /// message says how to install it.
+    #[error("{engine}: needs {program}: {message}")]
+    Program {
+        engine: &'static str,
+        program: &'static str,
+        message: String,
+    },
 }
 
 /// The models directory.
