@@ -93,6 +93,9 @@ async fn serve(settings: Settings) -> Result<(), String> {
         "starting palaver {}",
         env!("CARGO_PKG_VERSION")
     );
+    // The embedded engines load in the background while the server starts
+    // (a second or two); /readyz says `loading` until they are in.
+    crate::providers::local::preload();
     let state = server::prepare(settings).await.map_err(|e| e.to_string())?;
     let running = server::start(state).map_err(|e| e.to_string())?;
     tracing::info!(addr = %running.addr, "listening");

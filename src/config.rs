@@ -172,11 +172,30 @@ impl Default for DatabaseSettings {
 }
 
 /// Cluster routing; single node when `url` is unset.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
     /// `redis://host:port/db`.
     pub url: Option<Secret>,
+    /// This node's name in the cluster; unset: a random one at every start.
+    pub node_id: Option<String>,
+    /// How often this node renews its registration, its users' presence and
+    /// its live sessions in Redis (and looks for nodes that died).
+    pub heartbeat_ms: u64,
+    /// A node that has not renewed its registration for this long is dead:
+    /// its users go offline and its sessions lose their owner.
+    pub node_ttl_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            node_id: None,
+            heartbeat_ms: 5_000,
+            node_ttl_ms: 15_000,
+        }
+    }
 }
 
 /// Tokens for users and browsers.
@@ -470,6 +489,7 @@ fn optional_field(section: &str, field: &str) -> bool {
         ("server", "public_url")
             | ("database", "url")
             | ("redis", "url")
+            | ("redis", "node_id")
             | ("auth", "jwt_secret")
             | ("providers", "openai_api_key")
             | ("providers", "deepgram_api_key")

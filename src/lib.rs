@@ -14,6 +14,9 @@
 //!   hands them out by name.
 //! - [`api`]: the HTTP routes, extractors and the error type at the edge.
 //! - [`state`]: what handlers share; [`server`]: start and graceful stop.
+//! - [`rooms_live`]: this node's live rooms (connections, typing, presence);
+//!   [`cluster`]: many nodes as one over Redis (fan-out, presence, session
+//!   owners).
 //! - [`telemetry`]: logs, metrics, request ids.
 //! - [`cli`]: the `palaver` command line.
 //!
@@ -23,11 +26,13 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod ids;
 pub mod model;
 pub mod providers;
+pub mod room_assistant;
 pub mod rooms_live;
 pub mod schema;
 pub mod server;

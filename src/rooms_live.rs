@@ -12,9 +12,11 @@
 //! keeps no per-room subscription state that could go stale.
 //!
 //! Publishing goes through the [`RoomBus`] trait. [`LocalBus`] hands a
-//! [`Deliver`] straight to the hub; a Redis bus can publish the same
-//! `Deliver` on a channel and have every node's subscriber hand it to its own
-//! hub, without the REST handlers or the socket changing.
+//! [`Deliver`] straight to the hub; with Redis, [`ClusterBus`] also
+//! publishes it on the cluster bus, and every other node's subscriber hands
+//! it to its own hub ([`crate::cluster`]). Typing frames and presence
+//! changes cross nodes the same way: the hub hands them to the cluster,
+//! which decides (from every node's view) whether a user's presence changed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,8 +29,9 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::cluster::Cluster;
 use crate::db::{Db, StoreError, with_conn};
-use crate::ids::{OrgId, RoomId, UserId};
+use crate::ids::{RoomId, UserId};
 use crate::schema::room_members;
 use crate::store;
 
@@ -49,9 +52,8 @@ pub struct Deliver {
     pub frame: Frame,
 }
 
-/// Where room events go. Today [`LocalBus`]: this node's hub. With Redis, a
-/// bus that publishes to every node (each node's subscriber delivers to its
-/// own hub).
+/// Where room events go: [`LocalBus`] (this node's hub) on a single node,
+/// [`ClusterBus`] (this node's hub and every other node's) with Redis.
 pub trait RoomBus: Send + Sync + std::fmt::Debug {
     fn publish(&self, event: Deliver);
 }
@@ -63,6 +65,20 @@ pub struct LocalBus(pub Addr<RoomHub>);
 impl RoomBus for LocalBus {
     fn publish(&self, event: Deliver) {
         self.0.do_send(event);
+    }
+}
+
+/// Delivers to this node's hub and publishes to the other nodes.
+#[derive(Debug, Clone)]
+pub struct ClusterBus {
+    hub: Addr<RoomHub>,
+    cluster: Cluster,
+}
+
+impl RoomBus for ClusterBus {
+    fn publish(&self, event: Deliver) {
+        self.cluster.publish_remote(&event.recipients, &event.frame);
+        self.hub.do_send(event);
     }
 }
 
@@ -124,6 +140,8 @@ pub struct RoomHub {
     users: HashMap<UserId, UserLive>,
     typing: HashMap<(RoomId, UserId), Typing>,
     next_connection: u64,
+    /// The other nodes, with Redis.
+    cluster: Option<Cluster>,
 }
 
 impl std::fmt::Debug for RoomHub {
@@ -171,12 +189,25 @@ impl RoomHub {
         }
     }
 
-    /// Tells `peers` about `user`'s presence if it changed from `before`.
+    /// Delivers a typing frame here and on the other nodes.
+    fn fan_out(&mut self, recipients: &[UserId], frame: &Frame) {
+        if let Some(cluster) = &self.cluster {
+            cluster.publish_remote(recipients, frame);
+        }
+        self.deliver(recipients, frame);
+    }
+
+    /// Tells `peers` about `user`'s presence if it changed from `before` on
+    /// this node. With a cluster, the cluster decides whether it changed
+    /// overall (they may still be online on another node) and tells them.
     fn announce(&mut self, user: UserId, before: Status, peers: &[UserId]) {
         let now = self.presence(user);
         if now.status != before {
             let others: Vec<UserId> = peers.iter().copied().filter(|p| *p != user).collect();
-            self.deliver(&others, &now.frame());
+            match &self.cluster {
+                Some(cluster) => cluster.presence_changed(user, now.status, others),
+                None => self.deliver(&others, &now.frame()),
+            }
         }
     }
 }
@@ -255,7 +286,7 @@ impl Handler<Disconnect> for RoomHub {
             for key in ended {
                 if let Some(typing) = self.typing.remove(&key) {
                     ctx.cancel_future(typing.expiry);
-                    self.deliver(&typing.recipients, &typing_frame(key.0, key.1, false));
+                    self.fan_out(&typing.recipients, &typing_frame(key.0, key.1, false));
                 }
             }
         }
@@ -313,11 +344,11 @@ impl Handler<SetTyping> for RoomHub {
         if msg.typing {
             let expiry = ctx.run_later(TYPING_TTL, move |hub, _| {
                 if let Some(typing) = hub.typing.remove(&key) {
-                    hub.deliver(&typing.recipients, &typing_frame(key.0, key.1, false));
+                    hub.fan_out(&typing.recipients, &typing_frame(key.0, key.1, false));
                 }
             });
             if was.is_none() {
-                self.deliver(&msg.recipients, &typing_frame(msg.room, msg.user, true));
+                self.fan_out(&msg.recipients, &typing_frame(msg.room, msg.user, true));
             }
             self.typing.insert(
                 key,
@@ -327,7 +358,7 @@ impl Handler<SetTyping> for RoomHub {
                 },
             );
         } else if let Some(old) = was {
-            self.deliver(&old.recipients, &typing_frame(msg.room, msg.user, false));
+            self.fan_out(&old.recipients, &typing_frame(msg.room, msg.user, false));
         }
     }
 }
@@ -359,16 +390,26 @@ impl Handler<GetPresence> for RoomHub {
 pub struct LiveRooms {
     pub hub: Addr<RoomHub>,
     pub bus: Arc<dyn RoomBus>,
+    cluster: Option<Cluster>,
 }
 
 impl LiveRooms {
-    /// Starts this node's hub on the current actix arbiter.
-    pub fn start() -> Self {
-        let hub = RoomHub::default().start();
-        LiveRooms {
-            bus: Arc::new(LocalBus(hub.clone())),
-            hub,
+    /// Starts this node's hub on the current actix arbiter, publishing to
+    /// the other nodes of `cluster` when there is one.
+    pub fn start(cluster: Option<Cluster>) -> Self {
+        let hub = RoomHub {
+            cluster: cluster.clone(),
+            ..RoomHub::default()
         }
+        .start();
+        let bus: Arc<dyn RoomBus> = match &cluster {
+            Some(cluster) => Arc::new(ClusterBus {
+                hub: hub.clone(),
+                cluster: cluster.clone(),
+            }),
+            None => Arc::new(LocalBus(hub.clone())),
+        };
+        LiveRooms { bus, hub, cluster }
     }
 
     /// `user` stopped typing in `room` (they sent a message).
@@ -381,9 +422,15 @@ impl LiveRooms {
         });
     }
 
-    /// The presence of `users` as this node knows it (offline when the hub
+    /// The presence of `users`: cluster-wide with Redis, else (or while
+    /// Redis is unreachable) as this node knows it (offline when the hub
     /// does not answer).
     pub async fn presence(&self, users: Vec<UserId>) -> Vec<PresenceView> {
+        if let Some(cluster) = &self.cluster
+            && let Ok(views) = cluster.presence(&users).await
+        {
+            return views;
+        }
         let fallback: Vec<PresenceView> = users
             .iter()
             .map(|u| PresenceView {
@@ -411,12 +458,9 @@ impl LiveRooms {
     }
 }
 
-/// Everyone who shares a room with `user` (not `user`).
-pub fn peers(
-    conn: &mut crate::db::Conn<'_>,
-    _org: OrgId,
-    user: UserId,
-) -> Result<Vec<UserId>, StoreError> {
+/// Everyone who shares a room with `user` (not `user`). Users belong to one
+/// organization, and so do their rooms.
+pub fn peers(conn: &mut crate::db::Conn<'_>, user: UserId) -> Result<Vec<UserId>, StoreError> {
     let rows: Vec<UserId> = with_conn!(conn, |c| {
         let mine: Vec<RoomId> = room_members::table
             .filter(room_members::user_id.eq(user))

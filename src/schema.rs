@@ -117,6 +117,8 @@ diesel::table! {
         last_message_id -> Nullable<BigInt>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        assistant_id -> Nullable<BigInt>,
+        assistant_added_at -> Nullable<Timestamp>,
     }
 }
 
@@ -141,6 +143,7 @@ diesel::table! {
         created_at -> Timestamp,
         edited_at -> Nullable<Timestamp>,
         deleted_at -> Nullable<Timestamp>,
+        sender_assistant_id -> Nullable<BigInt>,
     }
 }
 

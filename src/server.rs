@@ -15,9 +15,10 @@ use utoipa_actix_web::AppExt;
 use crate::api::error::ApiError;
 use crate::api::{self, ApiDoc};
 use crate::auth::{TokenSigner, VerifiedKeys};
+use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::db::{Db, StoreError};
-use crate::state::{AppState, RateLimits};
+use crate::state::{AppState, LiveSessions, RateLimits};
 use crate::telemetry;
 
 /// How long a verified API key is trusted without another argon2 check; a
@@ -36,6 +37,8 @@ pub enum StartError {
     Auth(#[from] crate::auth::KeyFileError),
     #[error("redis: {0}")]
     Redis(String),
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("webrtc: {0}")]
     Rtc(#[from] palaver_media::rtc::RtcStartError),
     #[error("rtc: {0}")]
@@ -69,6 +72,19 @@ pub async fn prepare(settings: Settings) -> Result<web::Data<AppState>, StartErr
         }
     };
     let rtc = start_rtc(&settings)?;
+    let (cluster, cluster_tasks) = match (&settings.redis.url, &redis) {
+        (Some(url), Some(pool)) => {
+            let (cluster, tasks) = Cluster::new(&settings.redis, url.expose(), pool.clone())?;
+            tracing::info!(node = %cluster.node(), "cluster routing over redis");
+            (Some(cluster), Some(tasks))
+        }
+        _ => (None, None),
+    };
+    let live = Arc::new(LiveSessions::new(cluster.clone()));
+    let rooms = crate::rooms_live::LiveRooms::start(cluster.clone());
+    if let Some(tasks) = cluster_tasks {
+        tasks.spawn(rooms.hub.clone(), live.clone(), db.clone());
+    }
     Ok(web::Data::new(AppState {
         rtc,
         limits: RateLimits::new(&settings.limits),
@@ -77,9 +93,10 @@ pub async fn prepare(settings: Settings) -> Result<web::Data<AppState>, StartErr
         db,
         tokens,
         redis,
+        cluster,
         metrics: telemetry::metrics_handle(),
-        live: Default::default(),
-        rooms: crate::rooms_live::LiveRooms::start(),
+        live,
+        rooms,
     }))
 }
 
@@ -194,6 +211,15 @@ pub fn start(state: web::Data<AppState>) -> Result<Running, StartError> {
             limits_state.limits.forget_idle();
         }
     });
+    if let Some(cluster) = &state.cluster {
+        let address = state
+            .settings
+            .server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        cluster.set_address(address);
+    }
     let handle = server.handle();
     let task = actix_web::rt::spawn(server);
     Ok(Running {
@@ -225,6 +251,9 @@ impl Running {
             .task
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(format!("server task failed: {e}"))));
+        if let Some(cluster) = &self.state.cluster {
+            cluster.leave().await;
+        }
         self.state.db.close();
         tracing::info!("shutdown complete");
         result

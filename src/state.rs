@@ -26,19 +26,24 @@ pub struct AppState {
     pub verified_keys: VerifiedKeys,
     pub limits: RateLimits,
     pub redis: Option<deadpool_redis::Pool>,
+    /// The other nodes, with Redis: room fan-out, presence, session owners.
+    pub cluster: Option<crate::cluster::Cluster>,
     pub metrics: PrometheusHandle,
     /// Sessions with a caller connected to this node.
-    pub live: LiveSessions,
+    pub live: Arc<LiveSessions>,
     /// The UDP endpoint of every WebRTC call on this node.
     pub rtc: palaver_media::rtc::RtcEndpoint,
     /// Live chat rooms: connections, presence, typing, event fan-out.
     pub rooms: crate::rooms_live::LiveRooms,
 }
 
-/// The session actors running on this node, by session id.
+/// The session actors running on this node, by session id. With a
+/// cluster, each one is claimed for this node while it runs (so hang-ups
+/// that land on other nodes find it).
 #[derive(Debug, Default)]
 pub struct LiveSessions {
     actors: std::sync::Mutex<std::collections::HashMap<SessionId, LiveSession>>,
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 #[derive(Debug)]
@@ -55,7 +60,22 @@ impl LiveSessions {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    pub fn new(cluster: Option<crate::cluster::Cluster>) -> Self {
+        Self {
+            actors: Default::default(),
+            cluster,
+        }
+    }
+
+    /// The ids of the sessions running here.
+    pub fn ids(&self) -> Vec<SessionId> {
+        self.lock().keys().copied().collect()
+    }
+
     pub fn insert(&self, id: SessionId, actor: actix::Addr<SessionActor>) {
+        if let Some(cluster) = &self.cluster {
+            cluster.claim_session(id);
+        }
         let mut live = self.lock();
         live.insert(
             id,
@@ -75,6 +95,9 @@ impl LiveSessions {
     }
 
     pub fn remove(&self, id: SessionId) {
+        if let Some(cluster) = &self.cluster {
+            cluster.release_session(id);
+        }
         let mut live = self.lock();
         live.remove(&id);
         ::metrics::gauge!("palaver_sessions_live").set(live.len() as f64);

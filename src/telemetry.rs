@@ -93,6 +93,18 @@ fn describe() {
         "palaver_db_pool_connections",
         "Database pool connections by state"
     );
+    metrics::describe_counter!(
+        "palaver_cluster_bus_sent_total",
+        "Room events this node published to other nodes, counted once per receiving node"
+    );
+    metrics::describe_counter!(
+        "palaver_cluster_bus_received_total",
+        "Room events and hang-ups this node received from other nodes"
+    );
+    metrics::describe_counter!(
+        "palaver_cluster_bus_dropped_total",
+        "Room events not sent to other nodes (queue full or Redis unreachable)"
+    );
     metrics::describe_gauge!(
         "palaver_rtc_peers",
         "WebRTC peers on this node's UDP socket"

@@ -14,8 +14,9 @@ use palaver_actors::session::{
 use crate::config::Settings;
 use crate::db::{Db, StoreError};
 use crate::ids::{OrgId, SessionId};
-use crate::model::{MessageRole, SessionStatus};
+use crate::model::{LlmProvider, MessageRole, SessionStatus, SttProvider, TtsProvider};
 use crate::providers::Providers;
+use crate::providers::local::{self, LocalPorts};
 use crate::store::assistants::AssistantSettings;
 use crate::store::messages::{NewMessage, TurnLatency};
 use crate::store::{self};
@@ -150,31 +151,6 @@ pub fn conversation_config(assistant: &AssistantSettings) -> ConversationConfig 
     }
 }
 
-/// The embedded local models (speech to text, language model, voice) are
-/// the default providers of an assistant but are not part of this build yet.
-fn local_unavailable() -> ProviderError {
-    ProviderError::Unavailable {
-        provider: "local",
-        message: "the embedded local models are not part of this build yet; set the assistant's \
-                  provider to `openai` (any OpenAI-compatible server, e.g. Ollama, vLLM, \
-                  llama.cpp) with providers.openai_base_url / llm.base_url"
-            .into(),
-    }
-}
-
-/// Looks a provider up by name, explaining `local` instead of calling it
-/// unknown.
-fn provider<T>(
-    name: &str,
-    lookup: impl FnOnce(&str) -> Result<T, ProviderError>,
-) -> Result<T, ProviderError> {
-    if name == "local" {
-        Err(local_unavailable())
-    } else {
-        lookup(name)
-    }
-}
-
 /// What a session could not get, told to the client when it connects.
 #[derive(Debug, Default)]
 pub struct Degraded {
@@ -184,29 +160,46 @@ pub struct Degraded {
     pub hearing: Option<ProviderError>,
 }
 
+/// The embedded engines a session of `assistant` uses (`speak`: with a
+/// voice).
+fn local_ports(assistant: &AssistantSettings, speak: bool) -> LocalPorts {
+    LocalPorts {
+        llm: assistant.llm_provider == LlmProvider::Local,
+        stt: assistant.stt_provider == SttProvider::Local,
+        tts: speak && assistant.tts_provider == TtsProvider::Local,
+    }
+}
+
 /// Everything a session needs, or why its language model cannot be used.
 /// A voice or speech recognition that cannot be used degrades the session
-/// and is reported in [`Degraded`], so the client can say why.
-pub fn session_setup(
+/// and is reported in [`Degraded`], so the client can say why. The local
+/// engines the assistant names are loaded here, off the async threads
+/// (a session joining while the server still preloads them waits), the
+/// language model first: a session that cannot start loads nothing else.
+pub async fn session_setup(
     settings: &Settings,
     assistant: &AssistantSettings,
     speak: bool,
     store: Arc<dyn SessionStore>,
     client: tokio::sync::mpsc::Sender<ToClient>,
 ) -> Result<(SessionSetup, Degraded), ProviderError> {
+    let local_ports = local_ports(assistant, speak);
+    local::load(LocalPorts {
+        llm: local_ports.llm,
+        ..LocalPorts::default()
+    })
+    .await;
     let mut provider_settings = settings.providers.clone();
     if let Some(base_url) = &assistant.llm_base_url {
         provider_settings.openai_base_url = base_url.clone();
     }
     let llm_providers = Providers::from_settings(&provider_settings);
-    let llm = provider(assistant.llm_provider.as_str(), |n| {
-        llm_providers.language_model(n)
-    })?;
+    let llm = llm_providers.language_model(assistant.llm_provider.as_str())?;
+    // Only for a session that can start: its hearing and voice.
+    local::load(local_ports).await;
     let voice = Providers::from_settings(&settings.providers);
     let (tts, voice_problem) = if speak {
-        match provider(assistant.tts_provider.as_str(), |n| {
-            voice.speech_synthesizer(n)
-        }) {
+        match voice.speech_synthesizer(assistant.tts_provider.as_str()) {
             Ok(synthesizer) => (
                 Some(TtsSetup {
                     synthesizer,
@@ -221,9 +214,7 @@ pub fn session_setup(
     } else {
         (None, None)
     };
-    let (stt, hearing_problem) = match provider(assistant.stt_provider.as_str(), |n| {
-        voice.speech_recognizer(n)
-    }) {
+    let (stt, hearing_problem) = match voice.speech_recognizer(assistant.stt_provider.as_str()) {
         Ok(recognizer) => (
             Some(SttSetup {
                 recognizer,

@@ -159,6 +159,11 @@ fn authenticated_routes(id: i64) -> Vec<(Method, String, Option<Value>)> {
         ),
         (Method::GET, "/v1/rooms".into(), None),
         (Method::GET, format!("/v1/rooms/{id}"), None),
+        (
+            Method::PATCH,
+            format!("/v1/rooms/{id}"),
+            Some(json!({ "assistant_id": null })),
+        ),
         (Method::GET, format!("/v1/rooms/{id}/members"), None),
         (
             Method::POST,
@@ -1372,22 +1377,28 @@ async fn healthz_and_readyz_report_ok_without_redis() {
 }
 
 #[actix_web::test]
-async fn readyz_is_503_when_redis_is_unreachable() {
+async fn readyz_is_degraded_but_serving_when_redis_is_unreachable() {
     let server = TestServer::start_with(|s| {
         s.redis.url = Some(Secret::new("redis://127.0.0.1:1"));
     })
     .await;
     let reply = raw(&server, Method::GET, "/readyz", None, None, None).await;
-    assert_eq!(
-        reply.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        reply.text
-    );
-    assert_eq!(reply.body["status"], "unready", "{}", reply.text);
+    // The node still serves its own callers and rooms: not taken out of a
+    // load balancer, but it says why it is node-local.
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.body["status"], "degraded", "{}", reply.text);
     assert_eq!(reply.body["database"], "ok", "{}", reply.text);
     let redis = reply.body["redis"].as_str().unwrap_or_default();
     assert!(redis.starts_with("unreachable"), "{}", reply.text);
+    assert_eq!(
+        reply.body["cluster"]["status"], "degraded",
+        "{}",
+        reply.text
+    );
+    let reason = reply.body["cluster"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("node-local only"), "{}", reply.text);
+    // The URL (a secret) is never shown.
+    assert!(!reply.text.contains("127.0.0.1:1"), "{}", reply.text);
     // Liveness does not depend on Redis.
     let reply = raw(&server, Method::GET, "/healthz", None, None, None).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
@@ -1407,10 +1418,25 @@ async fn readyz_is_ok_with_a_reachable_redis() {
         }
     };
     let server = TestServer::start_with(move |s| s.redis.url = Some(Secret::new(url))).await;
-    let reply = raw(&server, Method::GET, "/readyz", None, None, None).await;
+    // The bus subscription comes up just after the start.
+    let mut reply = raw(&server, Method::GET, "/readyz", None, None, None).await;
+    for _ in 0..50 {
+        if reply.body["status"] == "ready" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        reply = raw(&server, Method::GET, "/readyz", None, None, None).await;
+    }
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     assert_eq!(reply.body["status"], "ready", "{}", reply.text);
     assert_eq!(reply.body["redis"], "ok", "{}", reply.text);
+    assert_eq!(reply.body["cluster"]["status"], "ok", "{}", reply.text);
+    assert!(
+        reply.body["cluster"]["node"]
+            .as_str()
+            .unwrap()
+            .starts_with("node-")
+    );
     server.stop().await;
 }
 

@@ -1090,19 +1090,10 @@ fn each_provider_offers_only_its_ports() {
         "{err}"
     );
     let err = providers.speech_recognizer("acme").err().expect("unknown");
+    // `local` (the embedded engines, tests/local_voice.rs) is known too.
     assert!(
         err.to_string()
-            .contains("known: openai, deepgram, elevenlabs"),
-        "{err}"
-    );
-    // The default of a new assistant names what to do instead.
-    let err = providers.language_model("local").err().expect("not built");
-    assert_eq!(err.code(), "provider_unavailable");
-    assert!(
-        err.to_string().contains(
-            "`local` (the embedded engines) has no language model in this build yet; \
-             give the assistant one of: openai, deepgram, elevenlabs"
-        ),
+            .contains("known: openai, deepgram, elevenlabs, local"),
         "{err}"
     );
 }

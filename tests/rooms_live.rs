@@ -9,94 +9,14 @@ mod common;
 
 use std::time::Duration;
 
-use awc::ws::{Frame, Message};
+use awc::ws::Message;
 use common::TestServer;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use palaver::model::Role;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-type Socket = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
-
-/// A connected client and the events it has read so far.
-struct Client {
-    socket: Socket,
-    seen: Vec<Value>,
-}
-
-impl Client {
-    async fn connect(server: &TestServer, token: &str) -> Client {
-        let (_, socket) = awc::Client::new()
-            .ws(format!("ws://{}/v1/rooms/ws?token={token}", server.addr))
-            .connect()
-            .await
-            .expect("websocket connects");
-        let mut client = Client {
-            socket,
-            seen: Vec::new(),
-        };
-        client.expect("connected", |_| true).await;
-        client
-    }
-
-    async fn send(&mut self, message: Value) {
-        self.socket
-            .send(Message::Text(message.to_string().into()))
-            .await
-            .unwrap();
-    }
-
-    /// The next event, or `None` when nothing arrives within `wait` (or the
-    /// socket closed).
-    async fn next(&mut self, wait: Duration) -> Option<Value> {
-        loop {
-            let frame = tokio::time::timeout(wait, self.socket.next())
-                .await
-                .ok()??;
-            match frame {
-                Ok(Frame::Text(bytes)) => {
-                    let event: Value = serde_json::from_slice(&bytes).unwrap();
-                    self.seen.push(event.clone());
-                    return Some(event);
-                }
-                Ok(Frame::Ping(bytes)) => {
-                    let _ = self.socket.send(Message::Pong(bytes)).await;
-                }
-                Ok(Frame::Close(_)) | Err(_) => return None,
-                Ok(_) => {}
-            }
-        }
-    }
-
-    /// Reads until an event of `kind` that `matches` (20 s at most).
-    async fn expect(&mut self, kind: &str, matches: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next(left).await {
-                Some(event) if event["type"] == kind && matches(&event) => return event,
-                Some(_) => {}
-                None => panic!("no matching `{kind}` within 20 s; saw {:?}", self.seen),
-            }
-        }
-    }
-
-    /// Reads for `wait` and returns everything that arrived.
-    async fn drain(&mut self, wait: Duration) -> Vec<Value> {
-        let mut got = Vec::new();
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return got;
-            }
-            match self.next(left).await {
-                Some(event) => got.push(event),
-                None => return got,
-            }
-        }
-    }
-}
+use common::rooms::Client;
 
 fn message_id(event: &Value) -> i64 {
     event["message"]["id"].as_i64().unwrap()
@@ -132,9 +52,9 @@ async fn messages_edits_deletes_and_receipts_fan_out_once_to_members_only() {
     // in no room with Alice and Bob.
     group(&server, &carol_t, &[]).await;
 
-    let mut alice_ws = Client::connect(&server, &alice_t).await;
-    let mut bob_ws = Client::connect(&server, &bob_t).await;
-    let mut carol_ws = Client::connect(&server, &carol_t).await;
+    let mut alice_ws = Client::connect(server.addr, &alice_t).await;
+    let mut bob_ws = Client::connect(server.addr, &bob_t).await;
+    let mut carol_ws = Client::connect(server.addr, &carol_t).await;
 
     // Over REST, with an idempotency key, sent twice: one message.new.
     let body = json!({ "body": "hello over REST", "idempotency_key": "k-1" });
@@ -272,8 +192,8 @@ async fn typing_arrives_and_ends_by_itself_on_a_message_or_on_stop() {
     let (alice, alice_t) = server.user(t.org, Role::Member).await;
     let (bob, bob_t) = server.user(t.org, Role::Member).await;
     let room = group(&server, &alice_t, &[bob.0]).await;
-    let mut alice_ws = Client::connect(&server, &alice_t).await;
-    let mut bob_ws = Client::connect(&server, &bob_t).await;
+    let mut alice_ws = Client::connect(server.addr, &alice_t).await;
+    let mut bob_ws = Client::connect(server.addr, &bob_t).await;
 
     alice_ws
         .send(json!({ "type": "typing", "room_id": room }))
@@ -348,7 +268,7 @@ async fn presence_follows_connections_and_away() {
     };
     let members_path = format!("/v1/rooms/{room}/members");
 
-    let mut alice_ws = Client::connect(&server, &alice_t).await;
+    let mut alice_ws = Client::connect(server.addr, &alice_t).await;
     let hello = alice_ws.seen[0].clone();
     assert_eq!(hello["user_id"], alice.0, "{hello}");
     assert_eq!(
@@ -357,7 +277,7 @@ async fn presence_follows_connections_and_away() {
         "{hello}"
     );
 
-    let mut bob_ws = Client::connect(&server, &bob_t).await;
+    let mut bob_ws = Client::connect(server.addr, &bob_t).await;
     assert_eq!(bob_ws.seen[0]["presence"][0]["status"], "online");
     let online = alice_ws.expect("presence", |_| true).await;
     assert_eq!(online["user_id"], bob.0);
@@ -380,7 +300,7 @@ async fn presence_follows_connections_and_away() {
     assert_eq!(member(&members, alice.0)["status"], "online", "{members}");
 
     // A second connection changes nothing; closing both makes Bob offline.
-    let mut bob_phone = Client::connect(&server, &bob_t).await;
+    let mut bob_phone = Client::connect(server.addr, &bob_t).await;
     bob_ws.socket.send(Message::Close(None)).await.unwrap();
     drop(bob_ws);
     let quiet = alice_ws.drain(Duration::from_millis(500)).await;
@@ -436,7 +356,7 @@ async fn only_users_of_the_organization_connect_and_see_its_rooms() {
         .expect("a bearer header is accepted");
 
     // Another organization's user connects, but the room is not theirs.
-    let mut stranger = Client::connect(&server, &stranger_t).await;
+    let mut stranger = Client::connect(server.addr, &stranger_t).await;
     stranger
         .send(json!({ "type": "typing", "room_id": room }))
         .await;

@@ -541,11 +541,22 @@ async fn caller_speech_interrupts_the_assistant() {
 }
 
 #[actix_web::test]
-async fn an_assistant_on_local_models_is_refused_with_the_reason() {
+async fn an_assistant_whose_model_cannot_be_used_is_refused_with_the_reason() {
+    // No OpenAI key configured. (An assistant that names no provider runs
+    // on the local engines: tests/local_voice.rs.)
     let server = TestServer::start().await;
     let tenant = server.tenant("acme").await;
-    let assistant = server.assistant(&tenant.key, "defaults").await;
-    let (session, token) = server.session(&tenant.key, assistant).await;
+    let (status, assistant) = server
+        .post(
+            "/v1/assistants",
+            &tenant.key,
+            json!({"name": "No key", "llm": {"provider": "openai"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{assistant}");
+    let (session, token) = server
+        .session(&tenant.key, assistant["id"].as_i64().unwrap())
+        .await;
     let refused = awc::Client::new()
         .ws(format!(
             "ws://{}/v1/sessions/{session}/ws?token={token}",
@@ -573,7 +584,7 @@ async fn an_assistant_on_local_models_is_refused_with_the_reason() {
     let body: Value = response.json().await.unwrap();
     let message = body["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("not part of this build") && message.contains("openai"),
+        message.contains("(`openai`) cannot be used") && message.contains("OPENAI_API_KEY"),
         "{message}"
     );
     // Nothing was joined: the session can still be joined later.

@@ -179,6 +179,10 @@ struct Ears {
     transcripts: Option<SpawnHandle>,
     /// The recognition queue was full: frames are being dropped.
     overflowing: bool,
+    /// An end of utterance that found the queue full is on its way (set
+    /// when it is in); audio waits behind it, dropped, so it cannot
+    /// overtake it.
+    end_in_flight: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// A write for the session's writer task. One queue keeps the transcript in
@@ -286,6 +290,7 @@ impl SessionActor {
                 recognition: None,
                 transcripts: None,
                 overflowing: false,
+                end_in_flight: None,
             }),
             timer: None,
             ended: false,
@@ -614,8 +619,32 @@ impl SessionActor {
         let Some(sender) = &ears.recognition else {
             return;
         };
+        if let Some(delivered) = &ears.end_in_flight {
+            if !delivered.load(std::sync::atomic::Ordering::Acquire) {
+                // Behind an end that is not in yet: this one would overtake
+                // it (audio) or repeat it (another end).
+                return;
+            }
+            ears.end_in_flight = None;
+        }
         match sender.try_send(input) {
             Ok(()) => ears.overflowing = false,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(SttInput::EndOfUtterance)) => {
+                // Audio may be dropped, the end may not: without it the
+                // turn never ends. Wait for room off the actor.
+                tracing::warn!(
+                    "speech to text is falling behind; the end of the utterance waits for it"
+                );
+                let delivered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                ears.end_in_flight = Some(delivered.clone());
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    // Closed: the recognition is gone, nothing waits for it.
+                    let _ = sender.send(SttInput::EndOfUtterance).await;
+                    delivered.store(true, std::sync::atomic::Ordering::Release);
+                });
+                ears.overflowing = true;
+            }
             Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
                 if !ears.overflowing {
                     tracing::warn!("speech to text is falling behind; caller audio is dropped");
@@ -811,5 +840,73 @@ impl Handler<TtsItem> for SessionActor {
                 self.next_tts(ctx);
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Never asked: the test hands `Ears` its recognition queue itself.
+    struct Unused;
+
+    impl SpeechRecognizer for Unused {
+        fn start(&self, _: SttOptions) -> crate::ports::Recognition {
+            unreachable!("the test sets the recognition queue")
+        }
+    }
+
+    fn ears(queue: tokio::sync::mpsc::Sender<SttInput>) -> Ears {
+        Ears {
+            setup: SttSetup {
+                recognizer: Arc::new(Unused),
+                options: SttOptions {
+                    model: "m".into(),
+                    language: "en".into(),
+                },
+            },
+            vad: WebRtcVad::new(Aggressiveness::default()),
+            detector: SpeechDetector::new(SpeechDetectorConfig {
+                min_speech_ms: VAD_MIN_SPEECH_MS,
+                silence_ms: VAD_SILENCE_MS,
+            }),
+            audio_ms: 0,
+            pre_roll: std::array::from_fn(|_| AudioFrame::silence()),
+            pre_roll_len: 0,
+            pre_roll_next: 0,
+            recognition: Some(queue),
+            transcripts: None,
+            overflowing: false,
+            end_in_flight: None,
+        }
+    }
+
+    #[actix_rt::test]
+    async fn an_end_of_utterance_that_finds_the_queue_full_still_arrives_after_the_audio() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let mut ears = ears(tx);
+        SessionActor::to_recognition(&mut ears, SttInput::Audio(AudioFrame::silence()));
+        SessionActor::to_recognition(&mut ears, SttInput::Audio(AudioFrame::silence()));
+        // Full: the end waits for room; audio behind it is dropped rather
+        // than let through ahead of it.
+        SessionActor::to_recognition(&mut ears, SttInput::EndOfUtterance);
+        SessionActor::to_recognition(&mut ears, SttInput::Audio(AudioFrame::silence()));
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let next = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+            got.push(next.expect("the end of the utterance arrives").unwrap());
+        }
+        assert!(matches!(got[0], SttInput::Audio(_)));
+        assert!(matches!(got[1], SttInput::Audio(_)));
+        assert_eq!(got[2], SttInput::EndOfUtterance);
+        assert!(
+            rx.try_recv().is_err(),
+            "the audio behind the end was dropped"
+        );
+        // Once it is in, audio flows again.
+        SessionActor::to_recognition(&mut ears, SttInput::Audio(AudioFrame::silence()));
+        assert!(matches!(rx.recv().await.unwrap(), SttInput::Audio(_)));
+        assert!(ears.end_in_flight.is_none());
     }
 }

@@ -72,6 +72,7 @@ impl Joining {
             std::sync::Arc::new(session_store),
             client_tx,
         )
+        .await
         .map_err(|err| {
             ApiError::Unavailable(format!(
                 "the assistant's language model (`{}`) cannot be used: {err}",

@@ -25,16 +25,26 @@ pub async fn healthz() -> web::Json<Health> {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
-    /// `ready` or `unready`.
+    /// `ready`, `degraded` (serving, but node-local: Redis is unreachable),
+    /// or `unready`.
     pub status: &'static str,
     /// `ok`, or why not.
     pub database: String,
     /// `ok`, `not_configured`, or why not.
     pub redis: String,
+    /// With Redis: this node's id and whether cross-node routing works.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterStatus>,
+    /// The embedded engines (the `local` provider), each `ready: …`,
+    /// `fallback: …`, `missing: …`, `loading` or `not loaded yet (…)`.
+    /// Informational: a missing engine does not make the node unready.
+    pub local: crate::providers::local::LocalReadiness,
 }
 
-/// Whether this node can serve traffic: the database answers, and Redis does
-/// when one is configured.
+/// Whether this node can serve traffic: the database answers. A configured
+/// Redis that does not answer makes the node `degraded`, not unready: it
+/// still serves its own callers and rooms (taking every node out of a load
+/// balancer because Redis is down would stop everything).
 #[utoipa::path(
     tag = "operations",
     responses(
@@ -55,13 +65,25 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             Err(err) => format!("unreachable: {err}"),
         },
     };
-    let ready = database == "ok" && (redis == "ok" || redis == "not_configured");
+    let cluster = state.cluster.as_ref().map(|c| c.status());
+    let ready = database == "ok";
+    let degraded = !(redis == "ok" || redis == "not_configured")
+        || cluster.as_ref().is_some_and(|c| c.status != "ok");
     let body = Readiness {
-        status: if ready { "ready" } else { "unready" },
+        status: match (ready, degraded) {
+            (false, _) => "unready",
+            (true, true) => "degraded",
+            (true, false) => "ready",
+        },
         database,
         redis,
+        cluster,
+        local: crate::providers::local::readiness(),
     };
     if ready {
+        if degraded {
+            tracing::warn!(redis = %body.redis, "degraded: serving node-local only");
+        }
         HttpResponse::Ok().json(body)
     } else {
         tracing::warn!(database = %body.database, redis = %body.redis, "not ready");

@@ -13,6 +13,10 @@
 //!   messages. Posting, editing and read receipts need a user: 403.
 //! - A session join token reaches nothing here (403, as everywhere but its
 //!   own session).
+//!
+//! A group room may have one assistant of the organization as a member
+//! (`assistant_id`, at creation or `PATCH /v1/rooms/{id}` by an owner, admin
+//! or API key): it answers users' text messages ([`crate::room_assistant`]).
 
 use actix_web::{HttpResponse, delete, get, patch, post, web};
 use chrono::{DateTime, Utc};
@@ -22,9 +26,9 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::error::{ApiError, ErrorBody, not_found};
 use super::extract::{Caller, ValidJson};
-use super::{ListQuery, Page, check_len, page_request, utc};
+use super::{ListQuery, Page, check_len, nullable, page_request, utc};
 use crate::db::StoreError;
-use crate::ids::{OrgId, RoomId, RoomMessageId, UserId};
+use crate::ids::{AssistantId, OrgId, RoomId, RoomMessageId, UserId};
 use crate::model::{AttachmentKind, RoomKind, RoomRole};
 use crate::state::AppState;
 use crate::store::rooms::{Member, NewRoomMessage, Room, RoomMessage};
@@ -44,6 +48,7 @@ pub fn configure(cfg: &mut ServiceConfig<'_>) {
     cfg.service(create_room)
         .service(list_rooms)
         .service(get_room)
+        .service(update_room)
         .service(list_members)
         .service(add_member)
         .service(remove_member)
@@ -65,6 +70,9 @@ pub struct RoomView {
     pub user_ids: Option<Vec<UserId>>,
     /// Absent when an API key created it.
     pub created_by_user_id: Option<UserId>,
+    /// The assistant that answers in the room (group rooms); absent when
+    /// there is none.
+    pub assistant_id: Option<AssistantId>,
     /// The newest message (deleted or not); absent before the first.
     pub last_message_id: Option<RoomMessageId>,
     pub created_at: DateTime<Utc>,
@@ -92,6 +100,7 @@ impl RoomView {
             name: room.name,
             user_ids,
             created_by_user_id: room.created_by_user_id,
+            assistant_id: room.assistant_id,
             last_message_id: room.last_message_id,
             created_at: utc(room.created_at),
             updated_at: utc(room.updated_at),
@@ -106,9 +115,17 @@ fn read_position(stored: i64) -> Option<RoomMessageId> {
     (stored > 0).then_some(RoomMessageId(stored))
 }
 
+/// A member of a room: a user, or the room's assistant (`assistant_id`
+/// instead of `user_id`; first on the first page of the member list).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MemberView {
-    pub user_id: UserId,
+    /// Absent for the room's assistant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
+    /// The room's assistant; absent for users.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assistant_id: Option<AssistantId>,
+    /// The assistant is a `member`.
     pub role: RoomRole,
     /// How far this member has read; absent before their first read.
     pub last_read_message_id: Option<RoomMessageId>,
@@ -126,7 +143,8 @@ pub struct MemberView {
 impl From<Member> for MemberView {
     fn from(m: Member) -> Self {
         MemberView {
-            user_id: m.user_id,
+            user_id: Some(m.user_id),
+            assistant_id: None,
             role: m.role,
             last_read_message_id: read_position(m.last_read_message_id),
             joined_at: utc(m.joined_at),
@@ -149,8 +167,11 @@ pub struct Attachment {
 pub struct RoomMessageView {
     pub id: RoomMessageId,
     pub room_id: RoomId,
-    /// Absent once the sender's user was deleted.
+    /// The user who sent it; absent for the assistant's replies and once
+    /// the sender's user was deleted.
     pub sender_id: Option<UserId>,
+    /// The room's assistant, when it sent the message.
+    pub sender_assistant_id: Option<AssistantId>,
     /// Absent when the message has only attachments, and once deleted.
     pub body: Option<String>,
     pub attachments: Vec<Attachment>,
@@ -172,6 +193,7 @@ impl From<RoomMessage> for RoomMessageView {
             id: m.id,
             room_id: m.room_id,
             sender_id: m.sender_user_id,
+            sender_assistant_id: m.sender_assistant_id,
             body: m.body,
             attachments,
             idempotency_key: m.idempotency_key,
@@ -235,6 +257,22 @@ async fn check_users(state: &AppState, org: OrgId, ids: Vec<UserId>) -> Result<(
     }
 }
 
+/// Refuses an assistant id that is not a (not deleted) assistant of `org`:
+/// 404, like any id of another organization.
+async fn check_assistant(state: &AppState, org: OrgId, id: AssistantId) -> Result<(), ApiError> {
+    state
+        .db
+        .run(move |c| store::assistants::get(c, org, id))
+        .await
+        .map(drop)
+        .map_err(|err| match err {
+            StoreError::NotFound => {
+                ApiError::NotFound(format!("assistant_id: no assistant with id {id}"))
+            }
+            other => other.into(),
+        })
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRoom {
@@ -248,6 +286,9 @@ pub struct CreateRoom {
     /// Group room created with an API key: the user who owns it (required).
     /// A user creating a room owns it.
     pub owner_id: Option<UserId>,
+    /// Group room: an assistant of the organization that joins the room and
+    /// answers users' text messages.
+    pub assistant_id: Option<AssistantId>,
 }
 
 #[utoipa::path(
@@ -256,7 +297,7 @@ pub struct CreateRoom {
     responses(
         (status = 201, body = RoomView, description = "Created"),
         (status = 200, body = RoomView, description = "The direct room of these two users already existed"),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody, description = "A user id that is not in the organization"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody, description = "A user or assistant id that is not in the organization"),
         (status = 422, body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -294,6 +335,12 @@ async fn create_room(
                 return Err(ApiError::validation(
                     "owner_id",
                     "a direct room has no owner; its two users are members",
+                ));
+            }
+            if input.assistant_id.is_some() {
+                return Err(ApiError::validation(
+                    "assistant_id",
+                    "a direct room is between two users; an assistant joins group rooms",
                 ));
             }
             let (a, b) = match (user, others.as_slice()) {
@@ -381,9 +428,15 @@ async fn create_room(
                     .map(|id| (id, RoomRole::Member)),
             );
             check_users(&state, org, members.iter().map(|(id, _)| *id).collect()).await?;
+            let assistant = input.assistant_id;
+            if let Some(id) = assistant {
+                check_assistant(&state, org, id).await?;
+            }
             let (room, rows) = state
                 .db
-                .run(move |c| store::rooms::create_group(c, org, name.trim(), user, &members))
+                .run(move |c| {
+                    store::rooms::create_group(c, org, name.trim(), user, &members, assistant)
+                })
                 .await?;
             tracing::info!(room = %room.id, org = %org, kind = "group", members = rows.len(), "room created");
             let member = user.and_then(|me| rows.iter().find(|m| m.user_id == me));
@@ -457,6 +510,72 @@ async fn get_room(
     Ok(web::Json(RoomView::new(room, member.as_ref(), unread)))
 }
 
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRoom {
+    /// An assistant of the organization to join the room (replacing the one
+    /// it has), or `null` to remove it. Absent: unchanged.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<i64>)]
+    pub assistant_id: Option<Option<AssistantId>>,
+}
+
+#[utoipa::path(
+    tag = "rooms",
+    params(("id" = i64, Path, description = "Room id")),
+    request_body = UpdateRoom,
+    responses(
+        (status = 200, body = RoomView),
+        (status = 403, body = ErrorBody, description = "Not a room owner or admin"),
+        (status = 404, body = ErrorBody, description = "No such room, or an assistant id that is not in the organization"),
+        (status = 409, body = ErrorBody, description = "A direct room"),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[patch("/rooms/{id}")]
+async fn update_room(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<i64>,
+    body: ValidJson<UpdateRoom>,
+) -> Result<web::Json<RoomView>, ApiError> {
+    let id = RoomId(*id);
+    let (mut room, member) = room_access(&state, &caller, id).await?;
+    if let Some(assistant) = body.0.assistant_id {
+        if room.kind == RoomKind::Direct {
+            return Err(ApiError::Conflict(
+                "a direct room is between two users; an assistant joins group rooms".into(),
+            ));
+        }
+        if !moderates(member.as_ref()) {
+            return Err(ApiError::Forbidden(
+                "only a room owner or admin changes the room's assistant".into(),
+            ));
+        }
+        let org = caller.org;
+        if let Some(assistant) = assistant {
+            check_assistant(&state, org, assistant).await?;
+        }
+        room = state
+            .db
+            .run(move |c| store::rooms::set_assistant(c, org, id, assistant))
+            .await
+            .map_err(not_found("room", id))?;
+        tracing::info!(room = %id, org = %org, assistant = ?assistant, "room assistant set");
+    }
+    let unread = match caller.user_id() {
+        Some(me) => state
+            .db
+            .run(move |c| store::rooms::unread_counts(c, me, &[id]))
+            .await?
+            .get(&id)
+            .copied(),
+        None => None,
+    };
+    Ok(web::Json(RoomView::new(room, member.as_ref(), unread)))
+}
+
 #[utoipa::path(
     tag = "rooms",
     params(("id" = i64, Path, description = "Room id"), ListQuery),
@@ -471,22 +590,38 @@ async fn list_members(
     query: web::Query<ListQuery>,
 ) -> Result<web::Json<Page<MemberView>>, ApiError> {
     let id = RoomId(*id);
-    room_access(&state, &caller, id).await?;
+    let (room, _) = room_access(&state, &caller, id).await?;
     let page = query.page()?;
+    let first_page = page.after.is_none();
     let rows = state
         .db
         .run(move |c| store::rooms::members(c, id, page))
         .await?;
     let users = rows.0.iter().map(|m| m.user_id).collect();
     let mut presence = state.rooms.presence(users).await.into_iter();
-    Ok(web::Json(Page::new(rows, |member| {
+    let mut members = Page::new(rows, |member| {
         let mut view = MemberView::from(member);
         if let Some(p) = presence.next() {
             view.status = Some(p.status);
             view.last_seen = p.last_seen;
         }
         view
-    })))
+    });
+    if let (true, Some(assistant)) = (first_page, room.assistant_id) {
+        members.data.insert(
+            0,
+            MemberView {
+                user_id: None,
+                assistant_id: Some(assistant),
+                role: RoomRole::Member,
+                last_read_message_id: None,
+                joined_at: utc(room.assistant_added_at.unwrap_or(room.created_at)),
+                status: None,
+                last_seen: None,
+            },
+        );
+    }
+    Ok(web::Json(members))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -666,7 +801,7 @@ async fn post_message(
     body: ValidJson<PostMessage>,
 ) -> Result<HttpResponse, ApiError> {
     let id = RoomId(*id);
-    room_access(&state, &caller, id).await?;
+    let (room, _) = room_access(&state, &caller, id).await?;
     let sender = need_user(&caller, "posting a message")?;
     let input = body.0;
     let text = input.body.filter(|b| !b.trim().is_empty());
@@ -685,6 +820,7 @@ async fn post_message(
     }
     let attachments = serde_json::to_string(&input.attachments)
         .map_err(|e| ApiError::Internal(format!("attachments did not serialize: {e}")))?;
+    let has_text = text.is_some();
     let (message, created) = state
         .db
         .run(move |c| {
@@ -693,6 +829,7 @@ async fn post_message(
                 &NewRoomMessage {
                     room_id: id,
                     sender_user_id: Some(sender),
+                    sender_assistant_id: None,
                     body: text.as_deref(),
                     attachments: &attachments,
                     idempotency_key: input.idempotency_key.as_deref(),
@@ -705,6 +842,9 @@ async fn post_message(
     if created {
         state.rooms.stop_typing(id, sender);
         publish(&state, id, "message.new", &view).await;
+        if has_text {
+            crate::room_assistant::user_posted(&state, &room);
+        }
     }
     Ok(if created {
         HttpResponse::Created().json(view)

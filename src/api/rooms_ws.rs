@@ -116,10 +116,10 @@ async fn rooms_ws(
     Ok(response)
 }
 
-async fn peers(state: &AppState, org: OrgId, user: UserId) -> Vec<UserId> {
+async fn peers(state: &AppState, user: UserId) -> Vec<UserId> {
     state
         .db
-        .run(move |c| rooms_live::peers(c, org, user))
+        .run(move |c| rooms_live::peers(c, user))
         .await
         .unwrap_or_else(|err| {
             tracing::warn!(user = %user, %err, "room peers not loaded; presence not announced");
@@ -136,11 +136,12 @@ async fn run_socket(
 ) {
     let (tx, mut rx) = mpsc::channel(rooms_live::CONNECTION_QUEUE);
     let hub = state.rooms.hub.clone();
+    let peers_now = peers(state, user).await;
     let connected = match hub
         .send(Connect {
             user,
             tx,
-            peers: peers(state, org, user).await,
+            peers: peers_now.clone(),
         })
         .await
     {
@@ -158,10 +159,16 @@ async fn run_socket(
     };
     let connection = connected.connection;
     tracing::info!(user = %user, org = %org, connection, "rooms WebSocket connected");
+    let presence = if state.cluster.is_some() {
+        // Peers connected to other nodes count too.
+        state.rooms.presence(peers_now).await
+    } else {
+        connected.presence
+    };
     let hello = json!({
         "type": "connected",
         "user_id": user,
-        "presence": connected.presence,
+        "presence": presence,
     });
     let mut last_heard = Instant::now();
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
@@ -224,7 +231,7 @@ async fn run_socket(
     hub.do_send(Disconnect {
         user,
         connection,
-        peers: peers(state, org, user).await,
+        peers: peers(state, user).await,
     });
     tracing::info!(user = %user, connection, "rooms WebSocket closed");
     if let Some(Some(reason)) = close {
@@ -330,7 +337,7 @@ async fn client_message(state: &AppState, org: OrgId, user: UserId, text: &str) 
             state.rooms.hub.do_send(SetAway {
                 user,
                 away: matches!(status, AwayOrOnline::Away),
-                peers: peers(state, org, user).await,
+                peers: peers(state, user).await,
             });
             None
         }
@@ -358,8 +365,9 @@ async fn others_in(
     Ok(members.into_iter().filter(|m| *m != user).collect())
 }
 
-/// Stores a message sent over the socket, fans it out if it is new, and
-/// returns the acknowledgement.
+/// Stores a message sent over the socket, fans it out if it is new (and
+/// has the room's assistant, if any, answer it), and returns the
+/// acknowledgement.
 async fn send(
     state: &AppState,
     org: OrgId,
@@ -368,7 +376,14 @@ async fn send(
     body: String,
     idempotency_key: Option<String>,
 ) -> Result<Value, ApiError> {
-    others_in(state, org, room, user).await?;
+    let (room_row, _) = state
+        .db
+        .run(move |c| store::rooms::access(c, org, room, Some(user)))
+        .await
+        .map_err(|err| match err {
+            StoreError::NotFound => ApiError::NotFound(format!("no room with id {room}")),
+            other => other.into(),
+        })?;
     if body.trim().is_empty() {
         return Err(ApiError::validation("body", "body must not be empty"));
     }
@@ -384,6 +399,7 @@ async fn send(
                 &NewRoomMessage {
                     room_id: room,
                     sender_user_id: Some(user),
+                    sender_assistant_id: None,
                     body: Some(&body),
                     attachments: "[]",
                     idempotency_key: idempotency_key.as_deref(),
@@ -402,6 +418,7 @@ async fn send(
         // The ack still goes out first on this connection: its own copy of
         // the event waits in the queue this task reads after writing it.
         state.rooms.publish(&state.db, room, event).await;
+        crate::room_assistant::user_posted(state, &room_row);
     }
     Ok(ack)
 }

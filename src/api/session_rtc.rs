@@ -129,9 +129,19 @@ async fn delete_peer(
     let id = SessionId(id);
     visible_session(&state, &caller, id).await?;
     if !state.live.hang_up_rtc(id, peer) {
-        return Err(ApiError::NotFound(format!(
-            "session {id} has no live WebRTC call with peer {peer}"
-        )));
+        // The call may run on another node: hang it up there.
+        let forwarded = match &state.cluster {
+            Some(cluster) => cluster
+                .forward_hangup(id, Some(peer), EndReason::Hangup)
+                .await
+                .is_some(),
+            None => false,
+        };
+        if !forwarded {
+            return Err(ApiError::NotFound(format!(
+                "session {id} has no live WebRTC call with peer {peer}"
+            )));
+        }
     }
     Ok(HttpResponse::NoContent().finish())
 }

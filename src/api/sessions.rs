@@ -248,10 +248,17 @@ async fn end_session(
         .run(move |c| store::sessions::end(c, org, id, SessionStatus::Ended, "ended-by-api"))
         .await
         .map_err(not_found("session", id))?;
-    let hung_up = state
-        .live
-        .hang_up(id, palaver_actors::conversation::EndReason::EndedByApi);
-    tracing::info!(session = %id, org = %org, reason = "ended-by-api", live = hung_up, "session ended");
+    let reason = palaver_actors::conversation::EndReason::EndedByApi;
+    let hung_up = state.live.hang_up(id, reason);
+    // A call running on another node is hung up there.
+    let forwarded_to = match (&state.cluster, hung_up) {
+        (Some(cluster), false) => cluster.forward_hangup(id, None, reason).await,
+        _ => None,
+    };
+    tracing::info!(
+        session = %id, org = %org, reason = "ended-by-api", live = hung_up,
+        forwarded_to = forwarded_to.as_deref().unwrap_or("-"), "session ended"
+    );
     Ok(web::Json(row.into()))
 }
 

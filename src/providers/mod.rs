@@ -14,6 +14,8 @@
 //! - [`deepgram_stt`]: live transcription over a WebSocket ([`DeepgramLive`]).
 //! - [`elevenlabs_tts`]: streamed PCM speech with word timings
 //!   ([`ElevenLabsSpeech`]).
+//! - [`local`]: the embedded engines of `palaver-local`, loaded once per
+//!   process ([`LocalEngines`]).
 //! - `sse`: the sans-IO server-sent events parser.
 //!
 //! This module owns provider I/O only: it knows nothing of sessions,
@@ -23,6 +25,7 @@
 pub mod deepgram_stt;
 pub mod elevenlabs_tts;
 mod http_api;
+pub mod local;
 pub mod openai_api;
 pub mod openai_llm;
 pub mod openai_stt;
@@ -36,6 +39,7 @@ use palaver_actors::ports::{LanguageModel, ProviderError, SpeechRecognizer, Spee
 pub use deepgram_stt::DeepgramLive;
 pub use elevenlabs_tts::ElevenLabsSpeech;
 pub use http_api::Timeouts;
+pub use local::LocalEngines;
 pub use openai_api::OpenAiApi;
 pub use openai_llm::OpenAiChat;
 pub use openai_stt::OpenAiTranscription;
@@ -43,13 +47,16 @@ pub use openai_tts::OpenAiSpeech;
 
 use crate::config::ProviderSettings;
 
-/// The provider names [`Providers`] knows. Each offers some of the ports:
-/// `openai` all three, `deepgram` speech recognition, `elevenlabs` speech
-/// synthesis.
+/// The cloud provider names [`Providers`] knows. Each offers some of the
+/// ports: `openai` all three, `deepgram` speech recognition, `elevenlabs`
+/// speech synthesis. `local`, the embedded engines ([`local`]), offers all
+/// three and needs no configuration.
 pub const PROVIDER_NAMES: &[&str] = &["openai", "deepgram", "elevenlabs"];
 
 /// The configured providers, built once from the settings and shared.
-/// Cheap to clone.
+/// Cheap to clone. Asking for a `local` port blocks while its engine
+/// loads (a second or so, once per process): from async code, await
+/// [`local::load`] first.
 #[derive(Clone)]
 pub struct Providers {
     /// The OpenAI adapters, or why they cannot be used.
@@ -116,6 +123,7 @@ impl Providers {
             "openai" => self
                 .openai()
                 .map(|a| a.chat.clone() as Arc<dyn LanguageModel>),
+            "local" => local::engines().language_model(),
             _ => Err(unknown(name, "language model")),
         }
     }
@@ -133,6 +141,7 @@ impl Providers {
                 .elevenlabs
                 .clone()
                 .map(|speech| speech as Arc<dyn SpeechSynthesizer>),
+            "local" => local::engines().speech_synthesizer(),
             _ => Err(unknown(name, "speech synthesis")),
         }
     }
@@ -150,6 +159,7 @@ impl Providers {
                 .deepgram
                 .clone()
                 .map(|live| live as Arc<dyn SpeechRecognizer>),
+            "local" => local::engines().speech_recognizer(),
             _ => Err(unknown(name, "speech recognition")),
         }
     }
@@ -163,17 +173,9 @@ impl Providers {
 fn unknown(name: &str, port: &str) -> ProviderError {
     let message = if PROVIDER_NAMES.contains(&name) {
         format!("provider `{name}` offers no {port}")
-    } else if name == "local" {
-        // A name the API accepts (and the default of a new assistant) whose
-        // engines are not in this build yet: say so, not "unknown".
-        format!(
-            "`local` (the embedded engines) has no {port} in this build yet; \
-             give the assistant one of: {}",
-            PROVIDER_NAMES.join(", ")
-        )
     } else {
         format!(
-            "no provider named `{name}`; known: {}",
+            "no provider named `{name}`; known: {}, local",
             PROVIDER_NAMES.join(", ")
         )
     };

@@ -6,6 +6,10 @@
 //! [`get`] or [`access`] with the caller's [`OrgId`] first; the functions
 //! taking only a [`RoomId`] expect that check to have happened.
 //!
+//! A room may have one assistant of its organization (`rooms.assistant_id`,
+//! checked against the org by the caller, see [`set_assistant`]); its
+//! replies are messages with `sender_assistant_id` instead of a user.
+//!
 //! Writes return what a live fan-out needs (the stored message with its
 //! `room_id`, whether it was new, the member row that changed, the receipt
 //! and whether it moved), so a room actor can broadcast exactly what was
@@ -18,7 +22,7 @@ use diesel::prelude::*;
 
 use super::PageRequest;
 use crate::db::{Conn, StoreError, WriteTransaction, with_conn};
-use crate::ids::{OrgId, RoomId, RoomMessageId, UserId};
+use crate::ids::{AssistantId, OrgId, RoomId, RoomMessageId, UserId};
 use crate::model::{RoomKind, RoomRole};
 use crate::schema::{room_members, room_messages, rooms, users};
 
@@ -37,6 +41,10 @@ pub struct Room {
     pub last_message_id: Option<RoomMessageId>,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    /// The assistant that answers in the room, if any.
+    pub assistant_id: Option<AssistantId>,
+    /// When the assistant joined (set with `assistant_id`).
+    pub assistant_added_at: Option<NaiveDateTime>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -55,8 +63,11 @@ pub struct Member {
 pub struct RoomMessage {
     pub id: RoomMessageId,
     pub room_id: RoomId,
-    /// `None` once the sender's user was deleted.
+    /// `None` once the sender's user was deleted, and for the assistant's
+    /// messages.
     pub sender_user_id: Option<UserId>,
+    /// Set when the room's assistant sent it.
+    pub sender_assistant_id: Option<AssistantId>,
     /// `None` once deleted.
     pub body: Option<String>,
     /// JSON array of `{kind, url}`, written by the server.
@@ -86,6 +97,8 @@ struct RoomRow<'a> {
     created_by_user_id: Option<UserId>,
     created_at: NaiveDateTime,
     updated_at: NaiveDateTime,
+    assistant_id: Option<AssistantId>,
+    assistant_added_at: Option<NaiveDateTime>,
 }
 
 /// The ids among `ids` that are not users of `org`.
@@ -108,14 +121,15 @@ pub fn missing_users(
         .collect())
 }
 
-/// Creates a group room with its members (the caller checked they are users
-/// of `org`).
+/// Creates a group room with its members and, if given, its assistant (the
+/// caller checked they are users and an assistant of `org`).
 pub fn create_group(
     conn: &mut Conn<'_>,
     org: OrgId,
     name: &str,
     created_by: Option<UserId>,
     members: &[(UserId, RoomRole)],
+    assistant: Option<AssistantId>,
 ) -> Result<(Room, Vec<Member>), StoreError> {
     let now = super::now();
     let row = RoomRow {
@@ -126,6 +140,8 @@ pub fn create_group(
         created_by_user_id: created_by,
         created_at: now,
         updated_at: now,
+        assistant_id: assistant,
+        assistant_added_at: assistant.map(|_| now),
     };
     with_conn!(conn, |c| {
         c.write_transaction(|c| {
@@ -171,6 +187,8 @@ pub fn open_direct(
         created_by_user_id: created_by,
         created_at: now,
         updated_at: now,
+        assistant_id: None,
+        assistant_added_at: None,
     };
     let find = |conn: &mut Conn<'_>| -> Result<Option<Room>, StoreError> {
         with_conn!(conn, |c| {
@@ -232,6 +250,38 @@ pub fn get(conn: &mut Conn<'_>, org: OrgId, id: RoomId) -> Result<Room, StoreErr
             .first(c)
     })
     .map_err(Into::into)
+}
+
+/// Sets (or with `None` removes) the assistant of a room of `org`; the
+/// caller checked the assistant is one of `org`'s. Setting the assistant it
+/// already has keeps its `assistant_added_at`.
+pub fn set_assistant(
+    conn: &mut Conn<'_>,
+    org: OrgId,
+    id: RoomId,
+    assistant: Option<AssistantId>,
+) -> Result<Room, StoreError> {
+    let now = super::now();
+    with_conn!(conn, |c| {
+        c.write_transaction(|c| {
+            let current: Room = rooms::table
+                .filter(rooms::organization_id.eq(org))
+                .filter(rooms::id.eq(id))
+                .select(Room::as_select())
+                .first(c)?;
+            if current.assistant_id == assistant {
+                return Ok(current);
+            }
+            diesel::update(rooms::table.find(id))
+                .set((
+                    rooms::assistant_id.eq(assistant),
+                    rooms::assistant_added_at.eq(assistant.map(|_| now)),
+                ))
+                .returning(Room::as_returning())
+                .get_result(c)
+                .map_err(StoreError::from)
+        })
+    })
 }
 
 /// `user`'s membership of `room`, if any.
@@ -435,6 +485,7 @@ pub fn remove_member(
 pub struct NewRoomMessage<'a> {
     pub room_id: RoomId,
     pub sender_user_id: Option<UserId>,
+    pub sender_assistant_id: Option<AssistantId>,
     pub body: Option<&'a str>,
     pub attachments: &'a str,
     pub idempotency_key: Option<&'a str>,
@@ -638,6 +689,28 @@ pub fn history(
         query.load(c)
     })?;
     Ok(page.finish(rows, |m| m.id.0))
+}
+
+/// The newest `limit` messages of a room that still have a body (not
+/// deleted, not attachments only), oldest first: the conversation the
+/// room's assistant answers.
+pub fn recent_turns(
+    conn: &mut Conn<'_>,
+    room: RoomId,
+    limit: i64,
+) -> Result<Vec<RoomMessage>, StoreError> {
+    let mut rows: Vec<RoomMessage> = with_conn!(conn, |c| {
+        room_messages::table
+            .filter(room_messages::room_id.eq(room))
+            .filter(room_messages::deleted_at.is_null())
+            .filter(room_messages::body.is_not_null())
+            .select(RoomMessage::as_select())
+            .order(room_messages::id.desc())
+            .limit(limit)
+            .load(c)
+    })?;
+    rows.reverse();
+    Ok(rows)
 }
 
 /// What a reconnecting client missed, oldest first: messages newer than

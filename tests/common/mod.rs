@@ -19,6 +19,7 @@ use palaver::store;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+pub mod rooms;
 pub mod voice;
 
 pub const JWT_SECRET: &str = "palaver-test-secret-0123456789abcdef";

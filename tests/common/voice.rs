@@ -119,9 +119,12 @@ pub async fn call(replies: Vec<Result<String, u16>>, assistant: Value) -> Call {
     })
     .await;
     let tenant = server.tenant("acme").await;
+    // Every port on the fake (the default, `local`, loads the real engines:
+    // tests/local_voice.rs).
     let mut body = json!({
         "name": "Front desk",
         "llm": {"provider": "openai", "model": "fake-1"},
+        "stt": {"provider": "openai"},
         "tts": {"provider": "openai", "voice_id": "alloy"},
     });
     body.as_object_mut()
