@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Voice-session figures for BENCHMARKS.md: a release server on loopback
 # (SQLite) whose OpenAI-compatible providers are palaver-loadtest's fakes,
-# driven by `palaver-loadtest voice-ws` or `voice-rtc` (typed turns, 30 % of
-# callers cutting in). Two provider settings: zero latency (the server alone),
-# then a realistic one (LLM first token 300 ms, TTS first byte 150 ms).
+# driven by `palaver-loadtest voice-ws` or `voice-rtc` (spoken turns: the
+# callers' microphones play an utterance as real-time paced audio and the
+# server's VAD ends each turn; 30 % of callers cut in by speaking). Two
+# provider settings: zero latency (the server alone), then a realistic one
+# (STT 100 ms, LLM first token 300 ms, TTS first byte 150 ms).
 #
-# Usage: [TRANSPORT=ws|webrtc] scripts/bench-voice.sh [callers…]
+# Usage: [TRANSPORT=ws|webrtc] [INPUT=spoken|typed] scripts/bench-voice.sh [callers…]
 #   callers        default: 10 50 100
 #   TRANSPORT      ws (default): voice-ws; webrtc: voice-rtc (webrtc-rs callers)
+#   INPUT          spoken (default) or typed turns
+#   UTTERANCE      a WAV for spoken callers (default: 1.2 s of a synthetic
+#                  voiced signal)
 #   TURNS          turns per caller (default 3)
 #   RAMP           callers started per second (default 20; a caller lasts
 #                  ~15 s, so above ~300 callers raise it to have them all
@@ -24,6 +29,13 @@ if [ $# -gt 0 ]; then callers_list=("$@"); else callers_list=(10 50 100); fi
 turns="${TURNS:-3}"
 ramp="${RAMP:-20}"
 transport="${TRANSPORT:-ws}"
+input="${INPUT:-spoken}"
+case "$input" in
+  spoken | typed) ;;
+  *) echo "INPUT is spoken or typed, not $input" >&2; exit 2 ;;
+esac
+utterance_args=()
+[ -n "${UTTERANCE:-}" ] && utterance_args=(--utterance "$UTTERANCE")
 case "$transport" in
   ws | websocket) transport=ws scenario=voice-ws ;;
   webrtc | rtc) transport=webrtc scenario=voice-rtc ;;
@@ -58,11 +70,12 @@ unset DATABASE_URL
 
 # One provider setting: fresh fakes, a fresh server, one run per caller count.
 phase() {
-  local llm_ms="$1" tts_ms="$2" name="$3"
+  local stt_ms="$1" llm_ms="$2" tts_ms="$3" name="$4"
   rm -f "$work"/palaver.db* "$work"/jwt.key
   export PALAVER_DATABASE_SQLITE_PATH="$work/palaver.db" PALAVER_AUTH_JWT_SECRET_FILE="$work/jwt.key"
   "$bin"/palaver-loadtest fake-providers --bind 127.0.0.1:0 \
-    --llm-delay-ms "$llm_ms" --tts-delay-ms "$tts_ms" >"$work/$name.url" 2>"$work/fake.log" &
+    --stt-delay-ms "$stt_ms" --llm-delay-ms "$llm_ms" --tts-delay-ms "$tts_ms" \
+    >"$work/$name.url" 2>"$work/fake.log" &
   fake_pid=$!
   local fake_url=""
   for _ in $(seq 1 50); do
@@ -78,14 +91,17 @@ phase() {
   "$bin"/palaver serve 2>"$work/server.log" &
   server_pid=$!
   for _ in $(seq 1 50); do curl -sf http://127.0.0.1:18081/healthz >/dev/null && break; sleep 0.1; done
-  echo "== $name over $transport: fake LLM first byte ${llm_ms} ms, TTS first byte ${tts_ms} ms; $(nproc) cores, server workers = cores"
+  echo "== $name over $transport, $input turns: fake STT ${stt_ms} ms, LLM first byte ${llm_ms} ms, TTS first byte ${tts_ms} ms; $(nproc) cores, server workers = cores"
   [ "$transport" = webrtc ] && echo "   server Opus: complexity ${PALAVER_RTC_OPUS_COMPLEXITY:-default (5)}, ${PALAVER_RTC_OPUS_BITRATE_BPS:-default (32000)} bit/s"
   local status=0 out="${BENCH_JSON_DIR:-$work}" prefix=voice
   [ "$transport" = webrtc ] && prefix=voice-rtc
+  [ "$input" = typed ] && prefix="$prefix-typed"
   for callers in "${callers_list[@]}"; do
-    echo "-- $callers callers × $turns turns, 30 % barge-in, ramp $ramp/s; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-    # Without --assistant-id, the scenario creates one (openai LLM and TTS).
+    echo "-- $callers callers × $turns $input turns, 30 % barge-in, ramp $ramp/s; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+    # Without --assistant-id, the scenario creates one (openai STT, LLM and
+    # TTS; the server's default end_of_turn_ms 500 and min_interruption_ms 300).
     PALAVER_API_KEY="$key" "$bin"/palaver-loadtest "$scenario" --url http://127.0.0.1:18081 \
+      --input "$input" ${utterance_args[@]+"${utterance_args[@]}"} \
       --callers "$callers" --turns "$turns" --barge-in-share 0.3 \
       --ramp-per-second "$ramp" --max-seconds 120 --server-pid "$server_pid" \
       --providers-url "$fake_url" --json "$out/$prefix-$name-$callers.json" \
@@ -107,8 +123,8 @@ phase() {
 overall=0
 for p in "${phases[@]}"; do
   case "$p" in
-    zero-latency) phase 0 0 zero-latency || overall=1 ;;
-    realistic) phase 300 150 realistic || overall=1 ;;
+    zero-latency) phase 0 0 0 zero-latency || overall=1 ;;
+    realistic) phase 100 300 150 realistic || overall=1 ;;
     *) echo "unknown phase $p (zero-latency, realistic)" >&2; overall=1 ;;
   esac
 done

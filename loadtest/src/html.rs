@@ -1,11 +1,12 @@
 //! The self-contained HTML report of a run (`--html`): parameters, the
-//! percentile table, a percentile chart per operation, and the server's and
+//! percentile table, a percentile chart and a latency histogram (counts per
+//! log-scale bucket) per operation, and the server's and
 //! the load generator's CPU and memory over time, as inline SVG. No script,
 //! no style sheet or font from elsewhere: the file is the whole report.
 
 use std::fmt::Write;
 
-use crate::report::{OpSummary, Report, ResourcePoint, ServerResources};
+use crate::report::{Bucket, OpSummary, Report, ResourcePoint, ServerResources};
 
 /// The report as one HTML document.
 pub fn render(report: &Report) -> String {
@@ -34,11 +35,13 @@ pub fn render(report: &Report) -> String {
             .collect();
         chart(&mut out, "first audio ms", &points, Mark::Dots);
     }
-    if let Some(voice) = &report.voice {
-        for (name, resources) in [
-            ("Server", &voice.server),
-            ("Load generator", &voice.load_generator),
-        ] {
+    let processes = match (&report.voice, &report.chat) {
+        (Some(voice), _) => Some((&voice.server, &voice.load_generator)),
+        (None, Some(chat)) => Some((&chat.server, &chat.load_generator)),
+        (None, None) => None,
+    };
+    if let Some((server, load_generator)) = processes {
+        for (name, resources) in [("Server", server), ("Load generator", load_generator)] {
             if let Some(r) = resources {
                 resources_section(&mut out, name, r);
             }
@@ -55,14 +58,37 @@ td:first-child,th:first-child{text-align:left}.bad{color:#b00020}\
 svg{display:block;margin:6px 0}text{font:11px system-ui,sans-serif;fill:#333}";
 
 fn summary(out: &mut String, report: &Report) {
+    if let Some(c) = &report.chat {
+        let _ = writeln!(
+            out,
+            "<p>chat: {} users in {} rooms · {} messages sent ({:.1}/s), {} acked · {}/{} deliveries \
+             ({:.1}/s), <span class=\"{}\">{} missing</span> · typing {} sent, {} events · presence {} sent, \
+             {} events</p>",
+            c.users,
+            c.rooms,
+            c.messages_sent,
+            c.messages_per_second,
+            c.messages_acked,
+            c.deliveries,
+            c.deliveries_expected,
+            c.deliveries_per_second,
+            if c.deliveries_missing > 0 { "bad" } else { "" },
+            c.deliveries_missing,
+            c.typing_sent,
+            c.typing_events,
+            c.presence_sent,
+            c.presence_events,
+        );
+    }
     let Some(v) = &report.voice else {
         return;
     };
     let _ = writeln!(
         out,
-        "<p>callers {} ({} cutting in, {} not started) · turns {}/{} completed, {} not run · \
+        "<p>{} callers ({} turns, {} cutting in, {} not started) · turns {}/{} completed, {} not run · \
          barge-ins {} sent, {} interrupted · {} audio frames · failures <span class=\"{}\">{}</span></p>",
         v.callers,
+        escape(&v.input),
         v.barge_in_callers,
         v.callers_not_started,
         v.turns_completed,
@@ -74,11 +100,27 @@ fn summary(out: &mut String, report: &Report) {
         if report.failed() > 0 { "bad" } else { "" },
         report.failed()
     );
+    if let Some(utterance) = &v.utterance {
+        let _ = writeln!(
+            out,
+            "<p>spoken turns: {}; the assistant's end_of_turn_ms {}, min_interruption_ms {}</p>",
+            escape(utterance),
+            v.end_of_turn_ms.map_or("?".to_owned(), |ms| ms.to_string()),
+            v.min_interruption_ms
+                .map_or("?".to_owned(), |ms| ms.to_string()),
+        );
+    }
     if let Some(p) = &v.providers {
         let _ = writeln!(
             out,
-            "<p>fake providers: LLM first byte {} ms, TTS first byte {} ms; {} chat and {} speech requests</p>",
-            p.llm_delay_ms, p.tts_delay_ms, p.chat_requests, p.speech_requests
+            "<p>fake providers: STT {} ms, LLM first byte {} ms, TTS first byte {} ms; {} transcription, \
+             {} chat and {} speech requests</p>",
+            p.stt_delay_ms,
+            p.llm_delay_ms,
+            p.tts_delay_ms,
+            p.transcription_requests,
+            p.chat_requests,
+            p.speech_requests
         );
     }
 }
@@ -86,7 +128,8 @@ fn summary(out: &mut String, report: &Report) {
 fn operations(out: &mut String, report: &Report) {
     out.push_str(
         "<h2>Operations</h2>\n<table><tr><th>operation</th><th>ok</th><th>failed</th>\
-         <th>per s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th><th>p50 · p90 · p99 · max</th></tr>\n",
+         <th>per s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th><th>p50 · p90 · p99 · max</th>\
+         <th>histogram (ms, log-scale buckets)</th></tr>\n",
     );
     for (name, op) in &report.operations {
         let _ = write!(
@@ -104,6 +147,8 @@ fn operations(out: &mut String, report: &Report) {
             op.max_ms
         );
         percentile_bars(out, op);
+        out.push_str("</td><td>");
+        histogram(out, name, &op.histogram);
         out.push_str("</td></tr>\n");
     }
     out.push_str("</table>\n");
@@ -150,6 +195,66 @@ fn percentile_bars(out: &mut String, op: &OpSummary) {
         );
     }
     out.push_str("</svg>");
+}
+
+/// A bucket edge, short: `0.05 ms`, `2 ms`, `500 ms`, `1 s`, `20 s`.
+fn edge_label(ms: f64) -> String {
+    if ms >= 1000.0 {
+        format!("{} s", ms / 1000.0)
+    } else {
+        format!("{ms} ms")
+    }
+}
+
+/// One bar per bucket (equal widths: the buckets are log-scale), heights
+/// proportional to the counts, the edges of the first and last bucket
+/// under them; each bar's title gives its range and count.
+fn histogram(out: &mut String, op: &str, buckets: &[Bucket]) {
+    const H: f64 = 40.0;
+    const BAR: f64 = 12.0;
+    if buckets.is_empty() {
+        return;
+    }
+    let top = buckets.iter().map(|b| b.count).max().unwrap_or(1).max(1) as f64;
+    let width = (buckets.len() as f64 * BAR).max(80.0);
+    let _ = write!(
+        out,
+        "<svg width=\"{width}\" height=\"{}\" role=\"img\" aria-label=\"{} latency histogram\">",
+        H + 14.0,
+        escape(op)
+    );
+    let mut lower = None;
+    for (i, bucket) in buckets.iter().enumerate() {
+        let height = if bucket.count == 0 {
+            0.0
+        } else {
+            (bucket.count as f64 / top * H).max(1.0)
+        };
+        let range = match lower {
+            None => format!("≤ {}", edge_label(bucket.le_ms)),
+            Some(low) => format!("{}–{}", edge_label(low), edge_label(bucket.le_ms)),
+        };
+        let _ = write!(
+            out,
+            "<rect class=\"bucket\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{height:.1}\" fill=\"#2a7ab0\">\
+             <title>{range}: {}</title></rect>",
+            i as f64 * BAR,
+            H - height,
+            BAR - 2.0,
+            bucket.count
+        );
+        lower = Some(bucket.le_ms);
+    }
+    let first = buckets.first().map_or(0.0, |b| b.le_ms);
+    let last = buckets.last().map_or(0.0, |b| b.le_ms);
+    let _ = write!(
+        out,
+        "<text x=\"0\" y=\"{y}\">≤{}</text><text x=\"{}\" y=\"{y}\" text-anchor=\"end\">{}</text></svg>",
+        edge_label(first),
+        width,
+        edge_label(last),
+        y = H + 12.0
+    );
 }
 
 fn resources_section(out: &mut String, name: &str, r: &ServerResources) {
@@ -254,7 +359,12 @@ mod tests {
     use crate::report::{LatencyPoint, VoiceFigures};
 
     fn op(p50: f64, failed: u64, failures: &[(&str, u64)]) -> OpSummary {
+        let mut stats = crate::report::OpStats::new();
+        for ms in [p50, p50 * 2.0, p50 * 3.0, p50 * 4.0] {
+            stats.record(std::time::Duration::from_secs_f64(ms / 1000.0));
+        }
         OpSummary {
+            histogram: stats.buckets(),
             ok: 10,
             failed,
             per_second: 2.0,
@@ -310,24 +420,75 @@ mod tests {
                 }),
                 ..VoiceFigures::default()
             }),
+            chat: None,
         };
         let html = render(&report);
         assert!(html.starts_with("<!doctype html>"));
         assert!(html.ends_with("</html>\n"));
         assert!(html.contains("<td>first-audio</td>"));
         assert!(html.contains("<td>rtc-connect</td>"));
-        // Every operation has its percentile bars; the server its CPU and RSS.
+        // Every operation has its percentile bars and its histogram; the
+        // server its CPU and RSS.
         assert_eq!(html.matches("<svg width=\"230\"").count(), 2);
+        assert!(html.contains("aria-label=\"first-audio latency histogram\""));
+        assert!(html.contains("aria-label=\"rtc-connect latency histogram\""));
         assert!(html.contains("aria-label=\"CPU % over time\""));
         assert!(html.contains("aria-label=\"RSS MiB over time\""));
         assert!(html.contains("polyline"));
         assert!(html.contains("aria-label=\"first audio ms over time\""));
         assert_eq!(html.matches("<circle").count(), 2);
         // Reasons are escaped, and nothing is fetched from elsewhere.
+        assert!(html.contains("<title>5 ms–10 ms: 1</title>"), "{html}");
         assert!(html.contains("timed out &lt;ICE&gt;"));
         assert!(!html.contains("<ICE>"));
         for external in ["http://", "https://", "src=", "<script", "<link"] {
             assert!(!html.contains(external), "{external}");
         }
+    }
+
+    #[test]
+    fn a_histogram_draws_a_bar_per_bucket_scaled_to_the_fullest() {
+        let buckets = [
+            Bucket {
+                le_ms: 0.5,
+                count: 4,
+            },
+            Bucket {
+                le_ms: 1.0,
+                count: 0,
+            },
+            Bucket {
+                le_ms: 2.0,
+                count: 1,
+            },
+            Bucket {
+                le_ms: 5_000.0,
+                count: 2,
+            },
+        ];
+        let mut out = String::new();
+        histogram(&mut out, "turn <x>", &buckets);
+        assert_eq!(out.matches("class=\"bucket\"").count(), 4);
+        assert!(out.contains("aria-label=\"turn &lt;x&gt; latency histogram\""));
+        // The fullest bar is the chart's height; the others in proportion;
+        // an empty bucket has no height.
+        assert!(out.contains("height=\"40.0\" fill"), "{out}");
+        assert!(out.contains("height=\"10.0\" fill"), "{out}");
+        assert!(out.contains("height=\"20.0\" fill"), "{out}");
+        assert!(out.contains("height=\"0.0\" fill"), "{out}");
+        for title in [
+            "<title>≤ 0.5 ms: 4</title>",
+            "<title>0.5 ms–1 ms: 0</title>",
+            "<title>2 ms–5 s: 2</title>",
+        ] {
+            assert!(out.contains(title), "{title} in {out}");
+        }
+        assert!(
+            out.contains(">≤0.5 ms</text>") && out.contains(">5 s</text>"),
+            "{out}"
+        );
+        let mut none = String::new();
+        histogram(&mut none, "x", &[]);
+        assert!(none.is_empty());
     }
 }

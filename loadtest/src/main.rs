@@ -5,9 +5,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use palaver_loadtest::chat::{self, ChatConfig};
 use palaver_loadtest::fake_providers::{self, DEFAULT_REPLY, FakeProvidersConfig};
 use palaver_loadtest::report::Report;
 use palaver_loadtest::rest::{self, RestConfig, RestScenario, RunError};
+use palaver_loadtest::scenario::ScenarioFile;
+use palaver_loadtest::voice::TurnInput;
 use palaver_loadtest::voice_rtc::{self, RtcOptions};
 use palaver_loadtest::voice_ws::{self, VoiceConfig};
 
@@ -51,9 +54,9 @@ enum Command {
         #[arg(long)]
         html: Option<PathBuf>,
     },
-    /// Voice sessions over WebSocket: callers type turns, some cut in;
-    /// first text, first audio, turn, barge-in stop and frame jitter are
-    /// timed at the transport.
+    /// Voice sessions over WebSocket: callers speak (or type) turns, some cut
+    /// in; voice-to-voice, first text, turn, barge-in stop and frame jitter
+    /// are timed at the transport.
     VoiceWs(VoiceArgs),
     /// Voice sessions over WebRTC (webrtc-rs callers, Opus both ways, events
     /// on the `events` data channel): the voice-ws scenario and figures, plus
@@ -68,6 +71,36 @@ enum Command {
         /// Received packets a caller holds unread before dropping new ones.
         #[arg(long, default_value_t = 500)]
         audio_queue: usize,
+    },
+    /// Chat: users in group rooms on the live rooms WebSocket send messages
+    /// at a steady rate, with typing and presence churn; send → ack and send
+    /// → delivery at every other member are timed.
+    Chat(ChatArgs),
+    /// A scenario from a TOML file: `[voice]` (the voice-ws / voice-rtc
+    /// flags, and `transport = "ws" | "rtc"`), `[chat]` (the chat flags), or
+    /// both at once (mixed).
+    Run {
+        /// The scenario file.
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Organization API key (never in the file).
+        #[arg(long, env = "PALAVER_API_KEY", hide_env_values = true)]
+        api_key: String,
+        /// Server base URL, over the file's `url`.
+        #[arg(long)]
+        url: Option<String>,
+        /// Over the file's `server_pid`.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Over the file's `providers_url`.
+        #[arg(long)]
+        providers_url: Option<String>,
+        /// Over the file's `json`.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Over the file's `html`.
+        #[arg(long)]
+        html: Option<PathBuf>,
     },
     /// An OpenAI-compatible fake (chat SSE, speech PCM, transcriptions) on
     /// loopback; prints its base URL, serves until SIGINT/SIGTERM.
@@ -102,6 +135,86 @@ enum Command {
     },
 }
 
+/// What the chat scenario takes.
+#[derive(Debug, clap::Args)]
+struct ChatArgs {
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Organization API key: creates the users and rooms (raise the
+    /// server's limits.requests_per_second for big runs).
+    #[arg(long, env = "PALAVER_API_KEY", hide_env_values = true)]
+    api_key: String,
+    /// Users, each with one socket.
+    #[arg(long, default_value_t = 20)]
+    users: usize,
+    /// Group rooms; user i is in room i % rooms.
+    #[arg(long, default_value_t = 4)]
+    rooms: usize,
+    /// Messages per second over all users.
+    #[arg(long, default_value_t = 20.0)]
+    messages_per_second: f64,
+    /// Messages over all users (0: bounded by time only).
+    #[arg(long, default_value_t = 0)]
+    messages: u64,
+    /// Nobody sends after this many seconds.
+    #[arg(long, default_value_t = 30)]
+    max_seconds: u64,
+    /// Share of messages announced with `typing` first.
+    #[arg(long, default_value_t = 0.5)]
+    typing_share: f64,
+    /// Presence changes (away, then online) per user per minute.
+    #[arg(long, default_value_t = 2.0)]
+    presence_per_minute: f64,
+    /// After sending stops, how long deliveries may still take, in seconds.
+    #[arg(long, default_value_t = 5)]
+    drain_seconds: u64,
+    /// Characters of text per message.
+    #[arg(long, default_value_t = 60)]
+    message_chars: usize,
+    /// Sample this process (the server) for CPU and RSS once a second.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Connect the users' sockets to these nodes of a cluster, round robin
+    /// (repeat the flag; setup still goes through --url): deliveries cross
+    /// nodes. Default: --url.
+    #[arg(long = "socket-url")]
+    socket_urls: Vec<String>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also write the report as a self-contained HTML page here.
+    #[arg(long)]
+    html: Option<PathBuf>,
+}
+
+impl ChatArgs {
+    fn into_config(self) -> (ChatConfig, Outputs) {
+        let config = ChatConfig {
+            base_url: self.url,
+            api_key: self.api_key,
+            users: self.users,
+            rooms: self.rooms,
+            messages_per_second: self.messages_per_second,
+            messages: self.messages,
+            max_duration: Duration::from_secs(self.max_seconds),
+            typing_share: self.typing_share,
+            presence_per_minute: self.presence_per_minute,
+            drain: Duration::from_secs(self.drain_seconds),
+            message_chars: self.message_chars,
+            server_pid: self.server_pid,
+            socket_urls: self.socket_urls,
+        };
+        (
+            config,
+            Outputs {
+                json: self.json,
+                html: self.html,
+            },
+        )
+    }
+}
+
 /// What both voice scenarios take.
 #[derive(Debug, clap::Args)]
 struct VoiceArgs {
@@ -111,10 +224,22 @@ struct VoiceArgs {
     /// Organization API key (raise the server's limits for big runs).
     #[arg(long, env = "PALAVER_API_KEY", hide_env_values = true)]
     api_key: String,
-    /// Use this assistant; one with the openai LLM and TTS is created
+    /// Use this assistant; one with the openai STT, LLM and TTS is created
     /// when absent.
     #[arg(long)]
     assistant_id: Option<i64>,
+    /// Spoken turns (the utterance as real-time paced audio: PCM over the
+    /// WebSocket, Opus over WebRTC) or typed ones.
+    #[arg(long, value_enum, default_value = "spoken")]
+    input: TurnInput,
+    /// What spoken callers say: a WAV file (any rate, mono or stereo),
+    /// trimmed to what the VAD hears as speech. Default: 1.2 s of a
+    /// synthetic voiced signal.
+    #[arg(long)]
+    utterance: Option<PathBuf>,
+    /// Pause before each turn, in ms (spoken callers send silence).
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
     /// Concurrent callers.
     #[arg(long, default_value_t = 10)]
     callers: usize,
@@ -136,10 +261,10 @@ struct VoiceArgs {
     /// A caller hearing nothing this long while waiting has failed.
     #[arg(long, default_value_t = 30)]
     idle_timeout_seconds: u64,
-    /// What callers type.
+    /// What callers type (typed turns).
     #[arg(long, default_value = "Do you have a room tonight?")]
     message: String,
-    /// What barge-in callers type to cut in.
+    /// What barge-in callers type to cut in (typed turns).
     #[arg(long, default_value = "Sorry, how much is it?")]
     interruption: String,
     /// Sample this process (the server) for CPU and RSS once a second.
@@ -167,6 +292,9 @@ impl VoiceArgs {
             assistant_id: self.assistant_id,
             callers: self.callers,
             turns: self.turns,
+            input: self.input,
+            utterance: self.utterance,
+            pause_between_turns: Duration::from_millis(self.pause_ms),
             barge_in_share: self.barge_in_share,
             barge_in_after_frames: self.barge_in_after_frames,
             ramp_per_second: self.ramp_per_second,
@@ -257,6 +385,43 @@ fn main() -> ExitCode {
             };
             let local = tokio::task::LocalSet::new();
             let result = runtime.block_on(local.run_until(voice_rtc::run(config, options)));
+            finish(result, outputs)
+        }
+        Command::Chat(args) => {
+            let (config, outputs) = args.into_config();
+            let result = actix_rt::System::new().block_on(chat::run(config));
+            finish(result, outputs)
+        }
+        Command::Run {
+            scenario,
+            api_key,
+            url,
+            server_pid,
+            providers_url,
+            json,
+            html,
+        } => {
+            let mut file = match ScenarioFile::read(&scenario) {
+                Ok(file) => file,
+                Err(err) => {
+                    eprintln!("palaver-loadtest: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            file.url = url.or(file.url);
+            file.server_pid = server_pid.or(file.server_pid);
+            file.providers_url = providers_url.or(file.providers_url);
+            file.json = json.or(file.json);
+            file.html = html.or(file.html);
+            let scenario = file.into_scenario(&api_key);
+            let outputs = Outputs {
+                json: scenario.json.clone(),
+                html: scenario.html.clone(),
+            };
+            // Everything on one actix System: awc (voice-ws, chat) needs
+            // it, and webrtc-rs runs on its Tokio runtime as on any.
+            let result =
+                actix_rt::System::new().block_on(palaver_loadtest::scenario::run(scenario));
             finish(result, outputs)
         }
         Command::FakeProviders {

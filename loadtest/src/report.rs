@@ -62,8 +62,74 @@ impl OpStats {
             p99_ms: ms(0.99),
             max_ms: self.latency_us.max() as f64 / 1000.0,
             failures: self.failures.clone(),
+            histogram: self.buckets(),
         }
     }
+
+    /// Counts per log-scale bucket (1-2-5 steps, [`BUCKET_EDGES_US`]), from
+    /// the first bucket with a count to the last; empty between them.
+    pub fn buckets(&self) -> Vec<Bucket> {
+        let mut counts = [0u64; BUCKET_EDGES_US.len()];
+        for value in self.latency_us.iter_recorded() {
+            // The bucket's lowest value: a latency on an edge stays below it.
+            let us = self.latency_us.lowest_equivalent(value.value_iterated_to());
+            let index = BUCKET_EDGES_US
+                .iter()
+                .position(|edge| us <= *edge)
+                .unwrap_or(BUCKET_EDGES_US.len() - 1);
+            counts[index] += value.count_at_value();
+        }
+        let (Some(first), Some(last)) = (
+            counts.iter().position(|n| *n > 0),
+            counts.iter().rposition(|n| *n > 0),
+        ) else {
+            return Vec::new();
+        };
+        (first..=last)
+            .map(|i| Bucket {
+                le_ms: BUCKET_EDGES_US[i] as f64 / 1000.0,
+                count: counts[i],
+            })
+            .collect()
+    }
+}
+
+/// Upper edges of the histogram buckets, in µs: 1, 2, 5 per decade from
+/// 1 µs to 100 s (every recorded latency fits: they are capped at 60 s).
+pub const BUCKET_EDGES_US: [u64; 25] = [
+    1,
+    2,
+    5,
+    10,
+    20,
+    50,
+    100,
+    200,
+    500,
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    20_000,
+    50_000,
+    100_000,
+    200_000,
+    500_000,
+    1_000_000,
+    2_000_000,
+    5_000_000,
+    10_000_000,
+    20_000_000,
+    50_000_000,
+    100_000_000,
+];
+
+/// One histogram bucket: latencies above the previous bucket's edge, up to
+/// and including `le_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Bucket {
+    pub le_ms: f64,
+    pub count: u64,
 }
 
 /// What one operation did over the run.
@@ -77,6 +143,8 @@ pub struct OpSummary {
     pub p99_ms: f64,
     pub max_ms: f64,
     pub failures: BTreeMap<String, u64>,
+    /// Latency counts per log-scale bucket ([`OpStats::buckets`]).
+    pub histogram: Vec<Bucket>,
 }
 
 /// The result of a run, printed as a table and written as JSON.
@@ -89,12 +157,61 @@ pub struct Report {
     /// What a voice run did beyond latencies; absent for REST runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub voice: Option<VoiceFigures>,
+    /// What a chat run did beyond latencies (chat and mixed runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat: Option<ChatFigures>,
+}
+
+/// Counts of a chat run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChatFigures {
+    pub users: usize,
+    pub rooms: usize,
+    /// Creating the users and rooms and connecting every socket.
+    pub setup_s: f64,
+    pub messages_sent: u64,
+    pub messages_acked: u64,
+    /// Messages sent per second while sending.
+    pub messages_per_second: f64,
+    /// `message.new` events owed to the other members of each message's room.
+    pub deliveries_expected: u64,
+    pub deliveries: u64,
+    /// Owed but not received by the end of the drain.
+    pub deliveries_missing: u64,
+    /// `message.new` per second over the run, at all users together.
+    pub deliveries_per_second: f64,
+    /// `message.new` of a user's own message on its own socket.
+    pub own_echoes: u64,
+    pub typing_sent: u64,
+    /// `typing` events received.
+    pub typing_events: u64,
+    pub presence_sent: u64,
+    /// `presence` events received.
+    pub presence_events: u64,
+    /// The server process (when its pid was given, chat-only runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerResources>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_generator: Option<ServerResources>,
 }
 
 /// Counts of a voice run, the providers' configured latency and the
 /// server's resources.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct VoiceFigures {
+    /// `spoken` or `typed`.
+    pub input: String,
+    /// What spoken callers said, and its length of speech.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub utterance: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub utterance_ms: Option<u64>,
+    /// The assistant's end-of-turn silence and barge-in threshold: spoken
+    /// turns wait them by design.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_of_turn_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_interruption_ms: Option<u64>,
     pub callers: usize,
     /// Callers that cut into every reply they got.
     pub barge_in_callers: usize,
@@ -165,9 +282,11 @@ pub struct ProviderFigures {
     pub llm_delay_ms: u64,
     pub llm_token_gap_ms: u64,
     pub tts_delay_ms: u64,
+    pub stt_delay_ms: u64,
     pub ms_per_char: u32,
     pub chat_requests: u64,
     pub speech_requests: u64,
+    pub transcription_requests: u64,
 }
 
 /// CPU and memory of the server process over a run, sampled once a second.
@@ -240,10 +359,36 @@ impl Report {
         if let Some(voice) = &self.voice {
             out.push_str(&self.voice_lines(voice));
         }
+        if let Some(chat) = &self.chat {
+            out.push_str(&chat_lines(chat));
+        }
         out
     }
 
+    /// A voice report and a chat report of the same time, as one (`mixed`).
+    pub fn merge(voice: Report, chat: Report) -> Report {
+        let mut operations = voice.operations;
+        operations.extend(chat.operations);
+        Report {
+            scenario: format!("mixed ({} + chat)", voice.scenario),
+            concurrency: voice.concurrency + chat.concurrency,
+            elapsed_s: voice.elapsed_s.max(chat.elapsed_s),
+            operations,
+            voice: voice.voice,
+            chat: chat.chat,
+        }
+    }
+
     fn voice_lines(&self, v: &VoiceFigures) -> String {
+        let mut out = self.voice_counts(v);
+        out.push_str(&resource_lines(&[
+            ("server", &v.server),
+            ("load generator", &v.load_generator),
+        ]));
+        out
+    }
+
+    fn voice_counts(&self, v: &VoiceFigures) -> String {
         let mut out = format!(
             "callers {} ({} barging in, {} not started) · turns {}/{} completed, {} not run · \
              barge-ins {} sent, {} interrupted · {} audio frames ({:.1} s)\n",
@@ -265,17 +410,63 @@ impl Report {
                 v.late_frames_after_done, v.late_frames_after_interrupted, v.turns_with_late_audio,
             ));
         }
+        if let Some(utterance) = &v.utterance {
+            out.push_str(&format!(
+                "spoken turns: {utterance}; the assistant's end_of_turn_ms {}, min_interruption_ms {}\n",
+                v.end_of_turn_ms.map_or("?".to_owned(), |ms| ms.to_string()),
+                v.min_interruption_ms
+                    .map_or("?".to_owned(), |ms| ms.to_string()),
+            ));
+            if let (Some(stop), Some(min)) = (
+                self.operations
+                    .get(crate::voice::BARGE_IN_STOP)
+                    .filter(|o| o.ok > 0),
+                v.min_interruption_ms,
+            ) {
+                let min = min as f64;
+                out.push_str(&format!(
+                    "server-added barge-in stop (barge-in-stop − min_interruption_ms): \
+                     p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms\n",
+                    stop.p50_ms - min,
+                    stop.p90_ms - min,
+                    stop.p99_ms - min,
+                ));
+            }
+        }
         if let Some(p) = &v.providers {
             out.push_str(&format!(
                 "fake providers: LLM first byte {} ms (+{} ms/word), TTS first byte {} ms, \
-                 {} ms of speech per character; {} chat + {} speech requests\n",
+                 STT {} ms, {} ms of speech per character; {} chat + {} speech + {} \
+                 transcription requests\n",
                 p.llm_delay_ms,
                 p.llm_token_gap_ms,
                 p.tts_delay_ms,
+                p.stt_delay_ms,
                 p.ms_per_char,
                 p.chat_requests,
                 p.speech_requests,
+                p.transcription_requests,
             ));
+            if let (Some(v2v), Some(end_of_turn)) = (
+                self.operations
+                    .get(crate::voice::VOICE_TO_VOICE)
+                    .filter(|o| o.ok > 0),
+                v.end_of_turn_ms,
+            ) {
+                // The STT request goes out while the end-of-turn silence
+                // runs, so its delay only counts beyond that silence.
+                let waited = (end_of_turn.max(p.stt_delay_ms + 200)
+                    + p.llm_delay_ms
+                    + p.tts_delay_ms) as f64;
+                out.push_str(&format!(
+                    "server-added voice-to-voice (voice-to-voice − end_of_turn_ms − LLM − TTS delays; \
+                     it includes the VAD's ~100 ms hangover): \
+                     p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms\n",
+                    v2v.p50_ms - waited,
+                    v2v.p90_ms - waited,
+                    v2v.p99_ms - waited,
+                ));
+            }
             if let Some(first_audio) = self
                 .operations
                 .get(crate::voice::FIRST_AUDIO)
@@ -312,21 +503,82 @@ impl Report {
             }
             out.push('\n');
         }
-        for (who, s) in [("server", &v.server), ("load generator", &v.load_generator)] {
-            if let Some(s) = s {
-                out.push_str(&format!(
-                    "{who} pid {}: RSS peak {:.1} MiB (start {:.1} MiB, +{:.0} KiB per caller), \
-                     CPU mean {:.0} % (busiest second {:.0} %) over {} samples\n",
-                    s.pid,
-                    s.peak_rss_mib,
-                    s.baseline_rss_mib,
-                    s.rss_per_caller_kib,
-                    s.mean_cpu_percent,
-                    s.max_cpu_percent,
-                    s.samples,
-                ));
-            }
-        }
         out
+    }
+}
+
+/// What a chat run counted.
+fn chat_lines(c: &ChatFigures) -> String {
+    let mut out = format!(
+        "chat: {} users in {} rooms (setup {:.1} s) · {} messages sent ({:.1}/s), {} acked · \
+         {}/{} deliveries ({:.1}/s), {} missing · typing {} sent, {} events · presence {} sent, \
+         {} events\n",
+        c.users,
+        c.rooms,
+        c.setup_s,
+        c.messages_sent,
+        c.messages_per_second,
+        c.messages_acked,
+        c.deliveries,
+        c.deliveries_expected,
+        c.deliveries_per_second,
+        c.deliveries_missing,
+        c.typing_sent,
+        c.typing_events,
+        c.presence_sent,
+        c.presence_events,
+    );
+    out.push_str(&resource_lines(&[
+        ("server", &c.server),
+        ("load generator", &c.load_generator),
+    ]));
+    out
+}
+
+fn resource_lines(processes: &[(&str, &Option<ServerResources>)]) -> String {
+    let mut out = String::new();
+    for (who, s) in processes {
+        if let Some(s) = s {
+            out.push_str(&format!(
+                "{who} pid {}: RSS peak {:.1} MiB (start {:.1} MiB, +{:.0} KiB per caller), \
+                 CPU mean {:.0} % (busiest second {:.0} %) over {} samples\n",
+                s.pid,
+                s.peak_rss_mib,
+                s.baseline_rss_mib,
+                s.rss_per_caller_kib,
+                s.mean_cpu_percent,
+                s.max_cpu_percent,
+                s.samples,
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_fall_into_log_scale_buckets_between_the_first_and_last_used() {
+        let mut op = OpStats::new();
+        assert!(op.buckets().is_empty());
+        let ms = |n: f64| Duration::from_secs_f64(n / 1000.0);
+        // 3 at ≤ 1 ms, none in (1, 2], 2 in (2, 5], 1 in (5, 10]; 10 ms
+        // itself is in the (5, 10] bucket.
+        for latency in [0.4, 0.9, 1.0, 3.0, 4.5, 10.0] {
+            op.record(ms(latency));
+        }
+        let buckets = op.buckets();
+        let got: Vec<(f64, u64)> = buckets.iter().map(|b| (b.le_ms, b.count)).collect();
+        assert_eq!(got, vec![(0.5, 1), (1.0, 2), (2.0, 0), (5.0, 2), (10.0, 1)]);
+        assert_eq!(buckets.iter().map(|b| b.count).sum::<u64>(), op.ok());
+        // Recorded latencies are capped at 60 s: the last bucket holds them.
+        op.record(Duration::from_secs(3_600));
+        assert_eq!(
+            op.buckets().last().map(|b| (b.le_ms, b.count)),
+            Some((100_000.0, 1))
+        );
+        assert_eq!(op.summary(ms(1.0)).histogram, op.buckets());
     }
 }

@@ -234,5 +234,6 @@ pub async fn run(config: RestConfig) -> Result<Report, RunError> {
             .map(|(k, v)| (k.to_owned(), v.summary(elapsed)))
             .collect(),
         voice: None,
+        chat: None,
     })
 }

@@ -302,6 +302,28 @@ impl PeerConnectionEventHandler for Signals {
     }
 }
 
+/// Encodes 16 kHz frames, in order, as one Opus stream (48 kHz, 20 ms per
+/// packet), the way [`RtcCaller::send_audio`] would: encoding an utterance
+/// once per run instead of once per caller and turn keeps the load
+/// generator's CPU for the callers.
+pub fn encode_opus_stream(
+    frames: &[AudioFrame],
+    config: EncoderConfig,
+) -> Result<Vec<Bytes>, RtcCallerError> {
+    let mut encoder = OpusEncoder::new(config)?;
+    let mut upsampler = Upsampler16To48::upsample_16k_to_48k()?;
+    let mut pcm48: Pcm48Frame = [0; palaver_media::codec::OPUS_FRAME_SAMPLES];
+    let mut packet = [0u8; MAX_PACKET_BYTES];
+    frames
+        .iter()
+        .map(|frame| -> Result<Bytes, RtcCallerError> {
+            upsampler.process(&frame.samples, &mut pcm48);
+            let len = encoder.encode(&pcm48, &mut packet)?;
+            Ok(Bytes::copy_from_slice(&packet[..len]))
+        })
+        .collect()
+}
+
 /// Reads the server's audio track until it ends: counts, decodes, queues.
 async fn receive_audio(track: Arc<dyn TrackRemote>, mut inbound: Inbound) {
     let mut pcm48: Pcm48Frame = [0; palaver_media::codec::OPUS_FRAME_SAMPLES];
@@ -587,6 +609,39 @@ impl RtcCaller {
         let bytes = packet.payload.len() as u64;
         self.track
             .write_rtp(packet)
+            .await
+            .map_err(webrtc_err("write_rtp"))?;
+        bump(&self.counters.rtp_packets_sent, 1);
+        bump(&self.counters.rtp_bytes_sent, bytes);
+        Ok(())
+    }
+
+    /// Sends one Opus packet (20 ms, already encoded: see
+    /// [`encode_opus_stream`]) as one RTP packet. Call once per 20 ms; the
+    /// RTP timestamp advances 960 ticks per call regardless.
+    pub async fn send_opus(&self, payload: Bytes) -> Result<(), RtcCallerError> {
+        let header = {
+            let mut out = self
+                .outbound
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let header = rtp::Header {
+                version: 2,
+                marker: out.first,
+                payload_type: self.payload_type,
+                sequence_number: out.sequence,
+                timestamp: out.timestamp,
+                ssrc: self.ssrc,
+                ..Default::default()
+            };
+            out.first = false;
+            out.sequence = out.sequence.wrapping_add(1);
+            out.timestamp = out.timestamp.wrapping_add(RTP_TICKS_PER_FRAME);
+            header
+        };
+        let bytes = payload.len() as u64;
+        self.track
+            .write_rtp(rtp::Packet { header, payload })
             .await
             .map_err(webrtc_err("write_rtp"))?;
         bump(&self.counters.rtp_packets_sent, 1);

@@ -1,11 +1,38 @@
 //! The voice scenario, whatever the transport: callers holding voice
-//! sessions and typing their turns, timed at the transport.
+//! sessions and speaking (or typing) their turns, timed at the transport.
 //!
 //! Each caller creates a session over REST, joins it over its transport
 //! ([`voice_ws`](crate::voice_ws): the WebSocket; [`voice_rtc`](crate::voice_rtc):
 //! WebRTC, events on the `events` data channel and Opus over RTP), waits for
-//! `session.started`, and for every turn sends a `user-message` and reads
-//! every event and audio frame as it arrives until the reply is done:
+//! `session.started`, and takes its turns.
+//!
+//! **Spoken turns** ([`TurnInput::Spoken`], the default): from then on the
+//! caller's microphone ([`Mic`]) sends one 20 ms frame every 20 ms, paced in
+//! real time beside the reader: silence, and for each turn the utterance
+//! ([`Utterance`]: a WAV file or a synthetic voiced signal), after which the
+//! silence lets the server's VAD end the turn. Times are taken from the
+//! moment a frame went out:
+//!
+//! - `voice-to-voice`: the utterance's last frame sent → the reply's first
+//!   audio frame or packet. It includes what the server waits by design:
+//!   WebRTC VAD's hangover (it hears "speech" for ~100 ms after it stops),
+//!   the assistant's `end_of_turn_ms` of silence, and the providers'
+//!   latency. `transport-overhead` (this − the server's own
+//!   `voice_to_voice_ms`, which starts at the end of speech its VAD saw)
+//!   is then mostly that hangover;
+//! - `end-of-turn`: the utterance's last frame sent → `transcript.final`
+//!   (the end-of-turn silence and speech to text);
+//! - `first-text`, `turn`: as for typed turns, from the utterance's end.
+//!
+//! A barge-in caller starts the utterance again after hearing
+//! `barge_in_after_frames` of the reply: `barge-in-stop` runs from that
+//! speech's first frame sent (its onset) to the cut reply's last frame
+//! received (it includes the assistant's `min_interruption_ms`), and the
+//! reply to the interruption is timed from the end of that speech.
+//!
+//! **Typed turns** ([`TurnInput::Typed`]): for every turn the caller sends a
+//! `user-message` and reads every event and audio frame as it arrives until
+//! the reply is done:
 //!
 //! - `first-text`: message sent → first `assistant.delta`;
 //! - `first-audio`: message sent → first audio frame or packet (the
@@ -46,6 +73,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -55,10 +83,15 @@ use crate::fake_providers::FakeStats;
 use crate::report::{LatencyPoint, OpStats, ProviderFigures, Report, VoiceFigures};
 use crate::resources::ProcessSampler;
 use crate::rest::{ApiClient, RunError};
+use crate::utterance::{Mic, MicEvent, MicFrame, Utterance};
 
 pub const CREATE_SESSION: &str = "create-session";
 pub const FIRST_TEXT: &str = "first-text";
 pub const FIRST_AUDIO: &str = "first-audio";
+/// A spoken turn's end of caller speech → first audio of the reply.
+pub const VOICE_TO_VOICE: &str = "voice-to-voice";
+/// A spoken turn's end of caller speech → `transcript.final`.
+pub const END_OF_TURN: &str = "end-of-turn";
 pub const TURN: &str = "turn";
 pub const FRAME_JITTER: &str = "frame-jitter";
 pub const SERVER_V2V: &str = "server-v2v";
@@ -87,18 +120,47 @@ const HANG_UP_TIMEOUT: Duration = Duration::from_secs(15);
 /// aborted (each as a failure naming where it was stuck).
 const STUCK_GRACE: Duration = Duration::from_secs(20);
 
+/// How callers take their turns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TurnInput {
+    /// They speak: an utterance played as real-time paced audio.
+    #[default]
+    Spoken,
+    /// They type a `user-message`.
+    Typed,
+}
+
+impl TurnInput {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TurnInput::Spoken => "spoken",
+            TurnInput::Typed => "typed",
+        }
+    }
+}
+
 /// What a voice run does.
 #[derive(Debug, Clone)]
 pub struct VoiceConfig {
     /// e.g. `http://127.0.0.1:8080`
     pub base_url: String,
     pub api_key: String,
-    /// Use this assistant; one with the `openai` LLM and TTS is created when
-    /// absent. If it has a first message, callers hear it out before typing.
+    /// Use this assistant; one with the `openai` STT, LLM and TTS is created
+    /// when absent. If it has a first message, callers hear it out before their
+    /// first turn.
     pub assistant_id: Option<i64>,
     pub callers: usize,
     /// Replies each caller hears to the end.
     pub turns: u32,
+    /// Spoken (the utterance as audio) or typed turns.
+    pub input: TurnInput,
+    /// What spoken callers say: a WAV file (any rate, mono or stereo); a
+    /// synthetic voiced signal when `None`.
+    pub utterance: Option<PathBuf>,
+    /// Before each turn, the caller waits this long (spoken callers send
+    /// silence meanwhile).
+    pub pause_between_turns: Duration,
     /// Share of callers (0 to 1) that cut into every reply.
     pub barge_in_share: f64,
     /// Audio frames of a reply a barge-in caller hears before cutting in.
@@ -130,6 +192,9 @@ impl Default for VoiceConfig {
             assistant_id: None,
             callers: 10,
             turns: 3,
+            input: TurnInput::Spoken,
+            utterance: None,
+            pause_between_turns: Duration::ZERO,
             barge_in_share: 0.3,
             barge_in_after_frames: 10,
             ramp_per_second: 20.0,
@@ -174,7 +239,7 @@ struct VoiceStats {
 impl VoiceStats {
     fn record(&mut self, op: &'static str, latency: Duration) {
         self.ops.entry(op).or_default().record(latency);
-        if op == FIRST_AUDIO
+        if (op == FIRST_AUDIO || op == VOICE_TO_VOICE)
             && let Some(started) = self.started
         {
             self.first_audio_over_time.push(LatencyPoint {
@@ -192,13 +257,16 @@ impl VoiceStats {
 /// One reply being timed.
 #[derive(Debug, Clone, Copy)]
 struct ReplyClock {
-    /// When the message that asked for it was sent.
-    asked_at: Instant,
+    /// When the message that asked for it was sent, or the speech that
+    /// asked for it ended; `None` while that speech goes on.
+    asked_at: Option<Instant>,
     /// Its first `assistant.delta` (or an `error`, after which an apology is
     /// spoken) arrived: audio before that is not its own.
     started: bool,
     first_text: bool,
     first_audio: bool,
+    /// `transcript.final` arrived (spoken turns).
+    heard: bool,
     /// Message sent → first audio, once it came.
     first_audio_after: Option<Duration>,
     frames: usize,
@@ -208,12 +276,13 @@ struct ReplyClock {
 }
 
 impl ReplyClock {
-    fn new(asked_at: Instant) -> Self {
+    fn new(asked_at: Option<Instant>) -> Self {
         Self {
             asked_at,
             started: false,
             first_text: false,
             first_audio: false,
+            heard: false,
             first_audio_after: None,
             frames: 0,
             last_frame: None,
@@ -225,6 +294,7 @@ impl ReplyClock {
 /// An interruption sent whose `assistant.interrupted` has not come yet.
 #[derive(Debug, Clone, Copy)]
 struct Cut {
+    /// The typed interruption sent, or the first frame of the spoken one.
     sent_at: Instant,
     /// The cut reply's last frame received since.
     last_frame: Option<Instant>,
@@ -235,7 +305,8 @@ struct Cut {
 enum Step {
     /// Keep reading.
     Read,
-    /// Send the interruption now, then tell [`TurnProbe::interruption_sent`].
+    /// Send the interruption now (type it, or start speaking), then tell
+    /// [`TurnProbe::interruption_sent`] when it (its first frame) went out.
     Interrupt,
     /// The turn is over: the reply's `turn.metrics` arrived.
     Finished,
@@ -250,10 +321,17 @@ enum PreviousEnd {
     Interrupted,
 }
 
-/// Follows one typed turn through the frames the server sends, recording its
-/// latencies. Fed by the socket reader; no I/O, no clock of its own.
+/// Follows one turn through the frames the server sends, recording its
+/// latencies. Fed by the socket reader (and, for spoken turns, told when the
+/// caller's speech starts and ends); no I/O, no clock of its own.
 #[derive(Debug)]
 struct TurnProbe {
+    spoken: bool,
+    /// The caller is speaking (spoken turns): the next reply's clock starts
+    /// when that speech ends.
+    speaking: bool,
+    /// When the caller's latest speech ended.
+    speech_ended_at: Option<Instant>,
     reply: ReplyClock,
     /// Frames of the reply to hear before cutting in; `None` for a caller
     /// that does not barge in, and once it did.
@@ -265,8 +343,23 @@ struct TurnProbe {
 }
 
 impl TurnProbe {
+    /// A typed turn whose message was sent at `asked_at`.
     fn new(asked_at: Instant, barge_in_after: Option<usize>) -> Self {
+        Self::with_clock(false, Some(asked_at), barge_in_after)
+    }
+
+    /// A spoken turn whose caller is about to speak.
+    fn spoken(barge_in_after: Option<usize>) -> Self {
+        let mut probe = Self::with_clock(true, None, barge_in_after);
+        probe.speaking = true;
+        probe
+    }
+
+    fn with_clock(spoken: bool, asked_at: Option<Instant>, barge_in_after: Option<usize>) -> Self {
         Self {
+            spoken,
+            speaking: false,
+            speech_ended_at: None,
             reply: ReplyClock::new(asked_at),
             barge_in_after: barge_in_after.map(|n| n.max(1)),
             cutting: None,
@@ -291,10 +384,44 @@ impl TurnProbe {
     }
 
     fn interruption_sent(&mut self, at: Instant) {
+        if self.spoken {
+            self.speaking = true;
+        }
         self.cutting = Some(Cut {
             sent_at: at,
             last_frame: None,
         });
+    }
+
+    /// The last frame of the caller's speech went out at `at`: the clock of
+    /// the reply it asks for starts.
+    fn speech_ended(&mut self, at: Instant) {
+        self.speaking = false;
+        self.speech_ended_at = Some(at);
+        if self.reply.asked_at.is_none() {
+            self.reply.asked_at = Some(at);
+        }
+    }
+
+    /// The clock of the reply to an interruption (sent at `sent_at`).
+    fn interruption_reply(&self, sent_at: Instant) -> ReplyClock {
+        if !self.spoken {
+            ReplyClock::new(Some(sent_at))
+        } else if self.speaking {
+            ReplyClock::new(None)
+        } else {
+            // The interruption's speech ended before the server decided.
+            ReplyClock::new(self.speech_ended_at.filter(|end| *end >= sent_at))
+        }
+    }
+
+    /// The reply's first-audio operation.
+    fn first_audio_op(&self) -> &'static str {
+        if self.spoken {
+            VOICE_TO_VOICE
+        } else {
+            FIRST_AUDIO
+        }
     }
 
     fn on_audio(&mut self, at: Instant, stats: &mut VoiceStats) -> Step {
@@ -317,9 +444,18 @@ impl TurnProbe {
         }
         if !reply.first_audio {
             reply.first_audio = true;
-            let after = at.saturating_duration_since(reply.asked_at);
-            reply.first_audio_after = Some(after);
-            stats.record(FIRST_AUDIO, after);
+            // A reply that began before the speech ended was failed at its
+            // first text.
+            if let Some(asked_at) = reply.asked_at {
+                let after = at.saturating_duration_since(asked_at);
+                reply.first_audio_after = Some(after);
+                let op = if self.spoken {
+                    VOICE_TO_VOICE
+                } else {
+                    FIRST_AUDIO
+                };
+                stats.record(op, after);
+            }
         }
         reply.frames += 1;
         reply.last_frame = Some(at);
@@ -338,8 +474,22 @@ impl TurnProbe {
             "assistant.delta" if !self.reply.first_text => {
                 self.reply.started = true;
                 self.reply.first_text = true;
-                let latency = at.saturating_duration_since(self.reply.asked_at);
-                stats.record(FIRST_TEXT, latency);
+                match self.reply.asked_at {
+                    Some(asked_at) => {
+                        stats.record(FIRST_TEXT, at.saturating_duration_since(asked_at))
+                    }
+                    None => stats.fail(
+                        FIRST_TEXT,
+                        "the reply began before the caller's speech ended \
+                         (a pause in the utterance ended the turn?)",
+                    ),
+                }
+            }
+            "transcript.final" if self.spoken && !self.reply.heard => {
+                if let Some(asked_at) = self.reply.asked_at {
+                    self.reply.heard = true;
+                    stats.record(END_OF_TURN, at.saturating_duration_since(asked_at));
+                }
             }
             "assistant.interrupted" => match self.cutting.take() {
                 Some(cut) => {
@@ -349,7 +499,7 @@ impl TurnProbe {
                     stats.record(BARGE_IN_STOP, stop);
                     stats.record(INTERRUPTED_EVENT, at.saturating_duration_since(cut.sent_at));
                     stats.barge_ins_observed += 1;
-                    self.reply = ReplyClock::new(cut.sent_at);
+                    self.reply = self.interruption_reply(cut.sent_at);
                     self.previous_end = PreviousEnd::Interrupted;
                 }
                 None => stats.fail(
@@ -361,14 +511,18 @@ impl TurnProbe {
                 if let Some(cut) = self.cutting.take() {
                     // The reply ended before the interruption reached the
                     // server: nothing was cut, and the interruption gets a
-                    // reply of its own.
+                    // reply of its own (speech only if it was still going
+                    // on: one that ended during the reply was a
+                    // backchannel, and this reply's metrics end the turn).
                     stats.fail(
                         INTERRUPTED_EVENT,
                         "no assistant.interrupted: the reply ended before the interruption arrived",
                     );
-                    self.reply = ReplyClock::new(cut.sent_at);
-                    self.previous_end = PreviousEnd::Done;
-                    return Step::Read;
+                    if !self.spoken || self.speaking {
+                        self.reply = self.interruption_reply(cut.sent_at);
+                        self.previous_end = PreviousEnd::Done;
+                        return Step::Read;
+                    }
                 }
                 if self.reply.done {
                     return Step::Read;
@@ -377,7 +531,7 @@ impl TurnProbe {
                     stats.fail(FIRST_TEXT, "no assistant.delta before assistant.done");
                 }
                 if !self.reply.first_audio {
-                    stats.fail(FIRST_AUDIO, "no audio before assistant.done");
+                    stats.fail(self.first_audio_op(), "no audio before assistant.done");
                 }
                 if self.barge_in_after.take().is_some() {
                     stats.fail(
@@ -386,7 +540,9 @@ impl TurnProbe {
                     );
                 }
                 self.reply.done = true;
-                stats.record(TURN, at.saturating_duration_since(self.reply.asked_at));
+                if let Some(asked_at) = self.reply.asked_at {
+                    stats.record(TURN, at.saturating_duration_since(asked_at));
+                }
             }
             // A `turn.metrics` before the reply is done belongs to an earlier
             // reply (one that ended before an interruption arrived).
@@ -486,6 +642,18 @@ pub(crate) trait Transport: Sized + 'static {
     /// Sends one JSON message; returns when it started going out.
     async fn send(&mut self, message: &Value) -> Result<Instant, String>;
 
+    /// The utterance and silence as this transport sends them (PCM frames,
+    /// Opus packets), prepared once per run.
+    type Audio: 'static;
+
+    /// Prepares what [`Transport::send_audio`] sends.
+    fn prepare_audio(utterance: &Utterance) -> Result<Self::Audio, String>;
+
+    /// Sends one 20 ms frame of the caller's microphone; returns when it
+    /// started going out.
+    async fn send_audio(&mut self, audio: &Self::Audio, frame: MicFrame)
+    -> Result<Instant, String>;
+
     /// The next event or audio frame, in arrival order, with its arrival
     /// time. Cancel-safe: the scenario bounds it with timeouts.
     async fn next(&mut self) -> Result<Incoming, String>;
@@ -502,11 +670,19 @@ pub(crate) trait Transport: Sized + 'static {
     fn report(_setup: &Self::Setup, _voice: &mut VoiceFigures) {}
 }
 
+/// What spoken callers say, as the transport sends it.
+struct Speech<T: Transport> {
+    utterance: Utterance,
+    audio: T::Audio,
+}
+
 /// What every caller shares.
 struct Shared<T: Transport> {
     config: VoiceConfig,
     api: ApiClient,
     setup: T::Setup,
+    /// Spoken runs only.
+    speech: Option<Speech<T>>,
     assistant: i64,
     /// The assistant speaks a first message callers hear out first.
     greets: bool,
@@ -566,11 +742,17 @@ fn status_line(out: &mut String, elapsed: Duration, phases: &[&str], stats: &Voi
         elapsed.as_secs_f64(),
         stats.turns_completed,
     );
-    if let Some(first_audio) = stats.ops.get("first-audio").filter(|op| op.ok() > 0) {
+    let first_audio = [
+        (VOICE_TO_VOICE, "voice-to-voice"),
+        (FIRST_AUDIO, "first audio"),
+    ]
+    .into_iter()
+    .find_map(|(op, label)| Some((stats.ops.get(op).filter(|o| o.ok() > 0)?, label)));
+    if let Some((first_audio, label)) = first_audio {
         let s = first_audio.summary(elapsed);
         let _ = write!(
             out,
-            " · first audio p50 {:.1} ms, p99 {:.1} ms",
+            " · {label} p50 {:.1} ms, p99 {:.1} ms",
             s.p50_ms, s.p99_ms
         );
     }
@@ -595,6 +777,21 @@ impl<T: Transport> Shared<T> {
         }
     }
 
+    /// Sends one microphone frame, within the idle timeout and the hard
+    /// stop.
+    async fn send_audio(
+        &self,
+        line: &mut T,
+        audio: &T::Audio,
+        frame: MicFrame,
+    ) -> Result<Instant, String> {
+        let until = (Instant::now() + self.config.idle_timeout).min(self.hard_stop);
+        match tokio::time::timeout_at(until.into(), line.send_audio(audio, frame)).await {
+            Ok(sent) => sent,
+            Err(_) => Err("sending audio timed out".to_owned()),
+        }
+    }
+
     fn record(&self, op: &'static str, latency: Duration) {
         self.stats.borrow_mut().record(op, latency);
     }
@@ -610,8 +807,20 @@ impl<T: Transport> Shared<T> {
         line: &mut T,
         waiting_for: impl Fn() -> String,
     ) -> Result<Incoming, String> {
+        self.next_since(line, Instant::now(), waiting_for).await
+    }
+
+    /// [`Shared::next`], idle since `heard_at` (the last thing received):
+    /// for a reader that is woken in between (to send audio) and calls
+    /// again.
+    async fn next_since(
+        &self,
+        line: &mut T,
+        heard_at: Instant,
+        waiting_for: impl Fn() -> String,
+    ) -> Result<Incoming, String> {
         let idle = self.config.idle_timeout;
-        let idle_until = Instant::now() + idle;
+        let idle_until = heard_at + idle;
         let (until, lost) = if idle_until < self.hard_stop {
             (idle_until, Lost::Idle)
         } else {
@@ -749,12 +958,30 @@ async fn call<T: Transport>(shared: &Shared<T>, index: usize, barges: bool) -> u
     }
 
     let mut attempted = 0;
+    // Spoken callers' microphones send a frame every 20 ms from here on.
+    let mut mic = shared.speech.as_ref().map(|speech| {
+        let mut ticker = tokio::time::interval(FRAME_INTERVAL);
+        // Late ticks are sent at once: media time stays real time.
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        (Mic::new(&speech.utterance), ticker, speech)
+    });
     for _ in 0..config.turns {
         if Instant::now() >= shared.deadline {
             break;
         }
         attempted += 1;
-        match turn(shared, index, &mut line, barges).await {
+        let done = match &mut mic {
+            Some((mic, ticker, speech)) => {
+                let mut mic = MicLine {
+                    mic,
+                    ticker,
+                    audio: &speech.audio,
+                };
+                spoken_turn(shared, index, &mut line, barges, &mut mic).await
+            }
+            None => turn(shared, index, &mut line, barges).await,
+        };
+        match done {
             Ok(()) => shared.stats.borrow_mut().turns_completed += 1,
             Err(reason) => {
                 shared.fail(TURN, reason);
@@ -779,8 +1006,97 @@ async fn call<T: Transport>(shared: &Shared<T>, index: usize, barges: bool) -> u
     attempted
 }
 
-/// One turn: the message, its reply (cut into, for a barge-in caller, then
-/// the reply to the interruption) up to its `turn.metrics`.
+/// A spoken caller's microphone and its 20 ms clock.
+struct MicLine<'a, T: Transport> {
+    mic: &'a mut Mic,
+    ticker: &'a mut tokio::time::Interval,
+    audio: &'a T::Audio,
+}
+
+/// What woke a spoken caller.
+enum Woken {
+    /// Time for the microphone's next frame.
+    Tick,
+    Heard(Result<Incoming, String>),
+}
+
+/// One spoken turn: after the pause, the utterance, then silence while the
+/// reply (cut into, for a barge-in caller, by speaking again; then the reply
+/// to that) plays, up to its `turn.metrics`. The microphone keeps its pace
+/// while the reader waits.
+async fn spoken_turn<T: Transport>(
+    shared: &Shared<T>,
+    index: usize,
+    line: &mut T,
+    barges: bool,
+    mic: &mut MicLine<'_, T>,
+) -> Result<(), String> {
+    let config = &shared.config;
+    let speak_at = Instant::now() + config.pause_between_turns;
+    let mut said = false;
+    // Speech started for a barge-in, whose first frame is the cut's start.
+    let mut cutting_in = false;
+    let mut probe = TurnProbe::spoken(barges.then_some(config.barge_in_after_frames));
+    let mut heard_at = Instant::now();
+    shared.phase(index, "speaking");
+    loop {
+        let woken = tokio::select! {
+            biased;
+            _ = mic.ticker.tick() => Woken::Tick,
+            incoming = shared.next_since(line, heard_at, || probe.waiting_for().to_owned()) => {
+                Woken::Heard(incoming)
+            }
+        };
+        let incoming = match woken {
+            Woken::Tick => {
+                if !said && Instant::now() >= speak_at {
+                    said = true;
+                    mic.mic.speak();
+                }
+                let (frame, event) = mic.mic.next_frame();
+                let at = shared.send_audio(line, mic.audio, frame).await?;
+                let (onset, end) = match event {
+                    None => (false, false),
+                    Some(MicEvent::Onset) => (true, false),
+                    Some(MicEvent::End) => (false, true),
+                    Some(MicEvent::OnsetAndEnd) => (true, true),
+                };
+                if onset && cutting_in {
+                    cutting_in = false;
+                    probe.interruption_sent(at);
+                    shared.stats.borrow_mut().barge_ins_sent += 1;
+                    shared.phase(index, "cutting in");
+                }
+                if end {
+                    probe.speech_ended(at);
+                    shared.phase(index, "hearing a reply");
+                }
+                continue;
+            }
+            Woken::Heard(incoming) => incoming?,
+        };
+        heard_at = incoming.at();
+        let step = {
+            let mut stats = shared.stats.borrow_mut();
+            match &incoming {
+                Incoming::Audio(at) => probe.on_audio(*at, &mut stats),
+                Incoming::Event(at, event) => probe.on_event(*at, event, &mut stats),
+            }
+        };
+        match step {
+            Step::Read => {}
+            Step::Interrupt => {
+                cutting_in = true;
+                mic.mic.speak();
+            }
+            Step::Finished => return Ok(()),
+            Step::Fatal(reason) => return Err(reason),
+        }
+    }
+}
+
+/// One typed turn: the message, its reply (cut into, for a barge-in caller,
+/// then the reply to the interruption) up to its `turn.metrics`.
 async fn turn<T: Transport>(
     shared: &Shared<T>,
     index: usize,
@@ -788,6 +1104,10 @@ async fn turn<T: Transport>(
     barges: bool,
 ) -> Result<(), String> {
     let config = &shared.config;
+    if !config.pause_between_turns.is_zero() {
+        shared.phase(index, "pausing");
+        tokio::time::sleep(config.pause_between_turns).await;
+    }
     shared.phase(index, "sending a message");
     let asked_at = shared.send(line, &user_message(&config.message)).await?;
     shared.phase(index, "reading a reply");
@@ -863,13 +1183,31 @@ pub(crate) async fn run<T: Transport>(
     setup: T::Setup,
 ) -> Result<Report, RunError> {
     validate(&config)?;
+    let speech = match config.input {
+        TurnInput::Typed => None,
+        TurnInput::Spoken => {
+            let utterance = match &config.utterance {
+                Some(path) => {
+                    Utterance::from_wav(path).map_err(|err| RunError::Config(err.to_string()))?
+                }
+                None => Utterance::synthetic(),
+            };
+            let audio = T::prepare_audio(&utterance)
+                .map_err(|why| RunError::Config(format!("cannot prepare the utterance: {why}")))?;
+            Some(Speech { utterance, audio })
+        }
+    };
     let api = ApiClient::new(&config.base_url, &config.api_key, config.callers)?;
     let assistant = match config.assistant_id {
         Some(id) => id,
         None => {
+            // The OpenAI-compatible adapters for all three, so that a run
+            // against the fake providers exercises the server's real
+            // adapters (a new assistant's default is `local`).
             let body = json!({
                 "name": "loadtest voice",
                 "llm": {"provider": "openai", "model": "fake-1"},
+                "stt": {"provider": "openai", "model": "whisper-1"},
                 "tts": {"provider": "openai", "voice_id": "alloy"},
             });
             let (created, _) = api
@@ -892,6 +1230,8 @@ pub(crate) async fn run<T: Transport>(
     let greets = view["first_message"]
         .as_str()
         .is_some_and(|m| !m.trim().is_empty());
+    let end_of_turn_ms = view["end_of_turn_ms"].as_u64();
+    let min_interruption_ms = view["min_interruption_ms"].as_u64();
     let providers_before = match &config.fake_providers_url {
         Some(url) => Some(fake_stats(url).await.map_err(RunError::Setup)?),
         None => None,
@@ -908,9 +1248,12 @@ pub(crate) async fn run<T: Transport>(
     let started = Instant::now();
     let deadline = started + config.max_duration;
     let callers = config.callers;
+    let utterance_source = speech.as_ref().map(|s| s.utterance.source().to_owned());
+    let utterance_ms = speech.as_ref().map(|s| s.utterance.duration_ms());
     let shared = Rc::new(Shared::<T> {
         api,
         setup,
+        speech,
         assistant,
         greets,
         started,
@@ -962,9 +1305,13 @@ pub(crate) async fn run<T: Transport>(
                 llm_delay_ms: after.llm_delay_ms,
                 llm_token_gap_ms: after.llm_token_gap_ms,
                 tts_delay_ms: after.tts_delay_ms,
+                stt_delay_ms: after.stt_delay_ms,
                 ms_per_char: after.ms_per_char,
                 chat_requests: after.chat_requests.saturating_sub(before.chat_requests),
                 speech_requests: after.speech_requests.saturating_sub(before.speech_requests),
+                transcription_requests: after
+                    .transcription_requests
+                    .saturating_sub(before.transcription_requests),
             }),
             Err(reason) => {
                 ops.entry("fake-providers")
@@ -977,6 +1324,11 @@ pub(crate) async fn run<T: Transport>(
     };
     let config = &shared.config;
     let mut voice = VoiceFigures {
+        input: config.input.as_str().to_owned(),
+        utterance: utterance_source,
+        utterance_ms,
+        end_of_turn_ms,
+        min_interruption_ms,
         callers,
         barge_in_callers: (0..callers)
             .filter(|&i| barges_in(i, callers, config.barge_in_share))
@@ -1007,6 +1359,7 @@ pub(crate) async fn run<T: Transport>(
             .map(|(name, op)| (name.to_owned(), op.summary(elapsed)))
             .collect(),
         voice: Some(voice),
+        chat: None,
     })
 }
 
@@ -1045,6 +1398,12 @@ mod tests {
             line,
             "   61 s · callers 0 in call, 0 waiting, 1 done · turns 4 · failures 1 · first audio p50 12.0 ms, p99 12.0 ms"
         );
+        stats.record(VOICE_TO_VOICE, ms(480));
+        line.clear();
+        status_line(&mut line, ms(62_000), &["done"], &stats);
+        // Spoken runs show voice-to-voice instead.
+        assert!(line.contains("· voice-to-voice p50 480."), "{line}");
+        assert!(!line.contains("first audio"), "{line}");
     }
 
     fn ok(stats: &VoiceStats, op: &str) -> u64 {
@@ -1238,6 +1597,106 @@ mod tests {
             probe.on_event(t0, &ended, &mut stats),
             Step::Fatal("session ended mid-turn (idle-timeout)".into())
         );
+    }
+
+    #[test]
+    fn a_spoken_turn_is_timed_from_the_end_of_the_callers_speech() {
+        let t0 = Instant::now();
+        let mut stats = VoiceStats::default();
+        let mut probe = TurnProbe::spoken(None);
+        assert_eq!(probe.waiting_for(), "assistant.delta");
+        // The tail of an earlier reply while the caller speaks: late.
+        probe.on_audio(t0 + ms(10), &mut stats);
+        let end = t0 + ms(1_200);
+        probe.speech_ended(end);
+        let heard = json!({"type": "transcript.final", "text": "a room?"});
+        probe.on_event(end + ms(510), &heard, &mut stats);
+        play(&mut probe, &mut stats, end + ms(530), 5);
+        probe.on_event(end + ms(700), &event("assistant.done"), &mut stats);
+        let metrics = json!({"type": "turn.metrics", "voice_to_voice_ms": 520});
+        assert_eq!(
+            probe.on_event(end + ms(700), &metrics, &mut stats),
+            Step::Finished
+        );
+        let v2v = stats.ops[VOICE_TO_VOICE].summary(ms(1));
+        assert!((v2v.p50_ms - 530.0).abs() < 0.5, "{v2v:?}");
+        let heard = stats.ops[END_OF_TURN].summary(ms(1));
+        assert!((heard.p50_ms - 510.0).abs() < 0.5, "{heard:?}");
+        assert_eq!(ok(&stats, FIRST_AUDIO), 0, "typed turns only");
+        assert_eq!(ok(&stats, TURN), 1);
+        let overhead = stats.ops[TRANSPORT_OVERHEAD].summary(ms(1));
+        assert!((overhead.p50_ms - 10.0).abs() < 0.1, "{overhead:?}");
+        assert_eq!(stats.late_frames_after_done, 1);
+        assert_eq!(stats.first_audio_over_time.len(), 0, "no run start set");
+        assert!(failures(&stats).is_empty(), "{:?}", failures(&stats));
+    }
+
+    #[test]
+    fn a_spoken_barge_in_runs_from_speech_onset_and_its_reply_from_its_end() {
+        let t0 = Instant::now();
+        let mut stats = VoiceStats::default();
+        let mut probe = TurnProbe::spoken(Some(10));
+        probe.speech_ended(t0);
+        let steps = play(&mut probe, &mut stats, t0 + ms(500), 10);
+        assert_eq!(steps.last(), Some(&Step::Interrupt));
+        // The first frame of the interruption's speech goes out.
+        let onset = t0 + ms(710);
+        probe.interruption_sent(onset);
+        for i in 0..16 {
+            probe.on_audio(onset + ms(20 * i), &mut stats);
+        }
+        probe.on_event(onset + ms(330), &event("assistant.interrupted"), &mut stats);
+        let stop = stats.ops[BARGE_IN_STOP].summary(ms(1));
+        assert!((stop.p50_ms - 300.0).abs() < 0.5, "{stop:?}");
+        // Still speaking: the next reply's clock waits for the speech's end.
+        assert_eq!(probe.waiting_for(), "assistant.delta");
+        let end = onset + ms(1_200);
+        probe.speech_ended(end);
+        play(&mut probe, &mut stats, end + ms(540), 3);
+        probe.on_event(end + ms(700), &event("assistant.done"), &mut stats);
+        let metrics = json!({"type": "turn.metrics", "voice_to_voice_ms": 530});
+        assert_eq!(
+            probe.on_event(end + ms(700), &metrics, &mut stats),
+            Step::Finished
+        );
+        assert_eq!(ok(&stats, VOICE_TO_VOICE), 2);
+        let v2v = stats.ops[VOICE_TO_VOICE].summary(ms(1));
+        assert!((v2v.max_ms - 540.0).abs() < 0.5, "{v2v:?}");
+        assert_eq!(stats.barge_ins_observed, 1);
+        assert!(failures(&stats).is_empty(), "{:?}", failures(&stats));
+    }
+
+    #[test]
+    fn a_spoken_reply_before_the_speech_ended_and_a_backchannel_are_failures() {
+        let t0 = Instant::now();
+        let mut stats = VoiceStats::default();
+        let mut probe = TurnProbe::spoken(None);
+        probe.on_event(t0, &event("assistant.delta"), &mut stats);
+        probe.on_audio(t0 + ms(20), &mut stats);
+        assert_eq!(ok(&stats, VOICE_TO_VOICE), 0);
+        assert!(
+            failures(&stats)
+                .iter()
+                .any(|f| f.starts_with("the reply began before the caller's speech ended")),
+            "{:?}",
+            failures(&stats)
+        );
+        // Speech that ended before the server decided to cut in: the reply
+        // plays out, and its metrics end the turn.
+        let mut stats = VoiceStats::default();
+        let mut probe = TurnProbe::spoken(Some(1));
+        probe.speech_ended(t0);
+        play(&mut probe, &mut stats, t0 + ms(500), 1);
+        probe.interruption_sent(t0 + ms(520));
+        probe.speech_ended(t0 + ms(600));
+        probe.on_event(t0 + ms(900), &event("assistant.done"), &mut stats);
+        let metrics = json!({"type": "turn.metrics", "voice_to_voice_ms": 500});
+        assert_eq!(
+            probe.on_event(t0 + ms(900), &metrics, &mut stats),
+            Step::Finished
+        );
+        assert_eq!(stats.ops[INTERRUPTED_EVENT].failures.len(), 1);
+        assert_eq!(ok(&stats, TURN), 1);
     }
 
     #[test]

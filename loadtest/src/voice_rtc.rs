@@ -6,8 +6,12 @@
 //! (webrtc-rs, independent of the server's str0m): it posts its offer to
 //! `POST /v1/sessions/{id}/webrtc` with the session's join token, sends
 //! `user-message` / `end-session` on the `events` data channel, and hears
-//! the reply as Opus RTP packets on its audio m-line. The interruption is
-//! typed too, as over the WebSocket, so the two transports' figures compare.
+//! the reply as Opus RTP packets on its audio m-line. Spoken callers send
+//! their microphone as one Opus RTP packet every 20 ms: the utterance and
+//! silence are encoded once per run ([`OpusAudio`], 48 kHz like a browser)
+//! and every caller sends the same packets, so the load generator's CPU goes
+//! to the callers, not to encoding. Interruptions are spoken or typed, as
+//! over the WebSocket, so the two transports' figures compare.
 //!
 //! Timing: an audio packet is stamped when webrtc-rs hands it over (after
 //! SRTP, before any decoding), an event when the data channel delivers it;
@@ -35,18 +39,23 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use palaver_media::AudioFrame;
+use palaver_media::codec::EncoderConfig;
 use serde_json::Value;
 
 use crate::report::{Report, RtcFigures, VoiceFigures};
 use crate::rest::RunError;
 use crate::rtc_caller::{
-    ConnectionState, ReceivedAudio, RtcCaller, RtcCallerConfig, RtcCallerError,
+    ConnectionState, ReceivedAudio, RtcCaller, RtcCallerConfig, RtcCallerError, encode_opus_stream,
 };
+use crate::utterance::{MicFrame, Utterance};
 use crate::voice::{self, Incoming, Transport};
 
 pub use crate::voice::{
-    BARGE_IN_STOP, CREATE_SESSION, END_SESSION, ERROR_EVENTS, FIRST_AUDIO, FIRST_TEXT,
-    FRAME_JITTER, HANG_UP, INTERRUPTED_EVENT, SERVER_V2V, TRANSPORT_OVERHEAD, TURN, VoiceConfig,
+    BARGE_IN_STOP, CREATE_SESSION, END_OF_TURN, END_SESSION, ERROR_EVENTS, FIRST_AUDIO, FIRST_TEXT,
+    FRAME_JITTER, HANG_UP, INTERRUPTED_EVENT, SERVER_V2V, TRANSPORT_OVERHEAD, TURN, TurnInput,
+    VOICE_TO_VOICE, VoiceConfig,
 };
 
 /// Offer → `session.started`: ICE gathering, the offer's `POST`, ICE and
@@ -80,6 +89,31 @@ pub(crate) struct RtcSetup {
     http: reqwest::Client,
     options: RtcOptions,
     figures: RefCell<RtcFigures>,
+}
+
+/// The utterance and silence as Opus packets, encoded once per run and
+/// shared by every caller.
+pub(crate) struct OpusAudio {
+    speech: Vec<Bytes>,
+    silence: Bytes,
+}
+
+/// Silence frames the encoder hears before the utterance, as a caller's
+/// microphone would have before anyone spoke.
+const WARM_UP_FRAMES: usize = 10;
+
+impl OpusAudio {
+    fn encode(utterance: &Utterance) -> Result<Self, RtcCallerError> {
+        let mut frames = vec![AudioFrame::silence(); WARM_UP_FRAMES];
+        frames.extend_from_slice(utterance.frames());
+        frames.extend(vec![AudioFrame::silence(); WARM_UP_FRAMES]);
+        let mut packets = encode_opus_stream(&frames, EncoderConfig::default())?;
+        // The last packet: silence, from an encoder that has settled on it.
+        let silence = packets.pop().unwrap_or_default();
+        packets.truncate(WARM_UP_FRAMES + utterance.frames().len());
+        let speech = packets.split_off(WARM_UP_FRAMES);
+        Ok(Self { speech, silence })
+    }
 }
 
 /// Missing and out-of-order packets, from RTP sequence numbers.
@@ -219,6 +253,25 @@ impl Transport for RtcLine {
             .send_event(message)
             .await
             .map_err(|err| format!("send failed: {}", reason(&err)))?;
+        Ok(at)
+    }
+
+    type Audio = OpusAudio;
+
+    fn prepare_audio(utterance: &Utterance) -> Result<OpusAudio, String> {
+        OpusAudio::encode(utterance).map_err(|err| err.to_string())
+    }
+
+    async fn send_audio(&mut self, audio: &OpusAudio, frame: MicFrame) -> Result<Instant, String> {
+        let packet = match frame {
+            MicFrame::Silence => &audio.silence,
+            MicFrame::Speech(n) => audio.speech.get(n).unwrap_or(&audio.silence),
+        };
+        let at = Instant::now();
+        self.caller
+            .send_opus(packet.clone())
+            .await
+            .map_err(|err| format!("sending audio failed: {}", reason(&err)))?;
         Ok(at)
     }
 

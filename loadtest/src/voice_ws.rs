@@ -3,9 +3,10 @@
 //!
 //! What a run does and measures is the shared voice scenario ([`voice`]);
 //! this module is its WebSocket [`Transport`]: join `ws_url?token=…`, send
-//! `user-message` / `end-session` as text frames, read events (text frames)
-//! and audio (binary frames of 20 ms, 16 kHz PCM16), each stamped when it was
-//! read off the socket.
+//! `user-message` / `end-session` as text frames and the caller's microphone
+//! as binary frames (20 ms of 16 kHz PCM16, 640 bytes, one every 20 ms),
+//! read events (text frames) and audio (binary frames of 20 ms, 16 kHz
+//! PCM16), each stamped when it was read off the socket.
 //!
 //! [`run`] must be awaited inside an actix System (`actix_rt::System`,
 //! `#[actix_web::test]`): awc's client is not `Send` and runs on the
@@ -16,16 +17,20 @@
 use std::time::Instant;
 
 use awc::ws::{Frame, Message};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use palaver_media::AudioFrame;
 use serde_json::Value;
 
 use crate::report::Report;
 use crate::rest::RunError;
+use crate::utterance::{MicFrame, Utterance};
 use crate::voice::{self, Incoming, Transport};
 
 pub use crate::voice::{
-    BARGE_IN_STOP, CREATE_SESSION, END_SESSION, ERROR_EVENTS, FIRST_AUDIO, FIRST_TEXT,
-    FRAME_JITTER, HANG_UP, INTERRUPTED_EVENT, SERVER_V2V, TRANSPORT_OVERHEAD, TURN, VoiceConfig,
+    BARGE_IN_STOP, CREATE_SESSION, END_OF_TURN, END_SESSION, ERROR_EVENTS, FIRST_AUDIO, FIRST_TEXT,
+    FRAME_JITTER, HANG_UP, INTERRUPTED_EVENT, SERVER_V2V, TRANSPORT_OVERHEAD, TURN, TurnInput,
+    VOICE_TO_VOICE, VoiceConfig,
 };
 
 /// Connect → `session.started`.
@@ -37,6 +42,18 @@ const FRAME_BYTES: usize = 640;
 const MAX_FRAME_BYTES: usize = 256 * 1024;
 
 type Socket = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
+
+/// The utterance and silence as binary frames, shared by every caller.
+pub(crate) struct PcmAudio {
+    speech: Vec<Bytes>,
+    silence: Bytes,
+}
+
+fn pcm_bytes(frame: &AudioFrame) -> Bytes {
+    let mut bytes = [0u8; AudioFrame::BYTES];
+    frame.write_le_bytes(&mut bytes);
+    Bytes::copy_from_slice(&bytes)
+}
 
 /// A caller's WebSocket.
 pub(crate) struct WsLine {
@@ -53,9 +70,7 @@ impl Transport for WsLine {
         else {
             return Err("no ws_url in the session".to_owned());
         };
-        let client = awc::Client::builder()
-            .timeout(until.saturating_duration_since(Instant::now()))
-            .finish();
+        let client = crate::ws_client::client(until.saturating_duration_since(Instant::now()));
         let connecting = client
             .ws(format!("{ws_url}?token={token}"))
             .max_frame_size(MAX_FRAME_BYTES)
@@ -76,6 +91,29 @@ impl Transport for WsLine {
             .send(Message::Text(message.to_string().into()))
             .await
             .map_err(|err| format!("send failed: {err}"))?;
+        Ok(at)
+    }
+
+    type Audio = PcmAudio;
+
+    fn prepare_audio(utterance: &Utterance) -> Result<PcmAudio, String> {
+        Ok(PcmAudio {
+            speech: utterance.frames().iter().map(pcm_bytes).collect(),
+            silence: pcm_bytes(&AudioFrame::silence()),
+        })
+    }
+
+    async fn send_audio(&mut self, audio: &PcmAudio, frame: MicFrame) -> Result<Instant, String> {
+        let bytes = match frame {
+            MicFrame::Silence => &audio.silence,
+            MicFrame::Speech(n) => audio.speech.get(n).unwrap_or(&audio.silence),
+        };
+        let at = Instant::now();
+        // Bytes are shared: no copy per caller and frame.
+        self.socket
+            .send(Message::Binary(bytes.clone()))
+            .await
+            .map_err(|err| format!("sending audio failed: {err}"))?;
         Ok(at)
     }
 

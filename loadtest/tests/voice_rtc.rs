@@ -15,7 +15,7 @@ use actix_web::http::StatusCode;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use bytes::Bytes;
 use palaver_loadtest::rtc_caller::{opus_media_engine, opus_track};
-use palaver_loadtest::voice_rtc::{self, RtcOptions, VoiceConfig};
+use palaver_loadtest::voice_rtc::{self, RtcOptions, TurnInput, VoiceConfig};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::network_type::NetworkType;
 use serde_json::{Value, json};
@@ -327,6 +327,8 @@ async fn voice_rtc_runs_turns_and_barge_ins_over_webrtc_and_counts_rtp() {
             ramp_per_second: 0.0,
             max_duration: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(10),
+            // The stand-in takes typed turns only.
+            input: TurnInput::Typed,
             ..VoiceConfig::default()
         },
         RtcOptions {
@@ -403,6 +405,7 @@ async fn voice_rtc_runs_turns_and_barge_ins_over_webrtc_and_counts_rtp() {
             callers: 2,
             turns: 1,
             ramp_per_second: 0.0,
+            input: TurnInput::Typed,
             ..VoiceConfig::default()
         },
         RtcOptions::default(),
