@@ -214,6 +214,28 @@
     loadAssistants();
     loadSessions(false);
     listDevices();
+    checkLocalEngines();
+  }
+
+  // The embedded engines serve assistants on `local` (the default of a new
+  // one): say which of them is not ready and why (the server's own words,
+  // e.g. "missing: … run scripts/fetch-models.sh").
+  async function checkLocalEngines() {
+    const note = $('local-engines');
+    const names = { stt: 'speech recognition', llm: 'language model', tts: 'voice' };
+    try {
+      const res = await fetch('/readyz');
+      const local = (await res.json()).local || {};
+      const notReady = Object.entries(local)
+        .filter(([, state]) => typeof state === 'string' && !state.startsWith('ready'))
+        .map(([port, state]) => `${names[port] || port}: ${state}`);
+      note.textContent = notReady.length
+        ? `Embedded engines (assistants on "local") not ready: ${notReady.join('; ')}`
+        : '';
+      note.hidden = notReady.length === 0;
+    } catch (_) {
+      note.hidden = true;
+    }
   }
 
   // --------------------------------------------------------------- tabs ---

@@ -456,3 +456,44 @@ test('reconnects: a new call after hanging up, after the server ends one, after 
     throw err;
   }
 });
+
+test('says which embedded engine is missing, and nothing when they are ready', { timeout: 60_000 }, async (t) => {
+  const browser = await launchChromium(true);
+  t.after(() => browser.close());
+  const problems = [];
+  const page = await openPage(browser, problems);
+  // The server's own /readyz first: every engine is ready (make test
+  // fetches the models), so there is nothing to say.
+  const ready = await (await fetch(`${BASE}/readyz`)).json();
+  await eventually('the local engines loaded', async () => {
+    const local = (await (await fetch(`${BASE}/readyz`)).json()).local || {};
+    return Object.values(local).every((s) => s.startsWith('ready'));
+  }, 30_000);
+  assert.ok(ready.local, JSON.stringify(ready));
+  await signInWithKey(page);
+  await page.locator('#assistant-list:not([aria-busy])').waitFor({ state: 'attached' });
+  assert.equal(await page.locator('#local-engines').isHidden(), true);
+
+  // A node without the speech recognition model: /readyz says so (as the
+  // server does when models/ lacks it) and the console repeats it.
+  const page2 = await openPage(browser, problems);
+  await page2.route(/\/readyz$/, (route) => route.fulfill({
+    status: 200,
+    contentType: 'application/json',
+    body: JSON.stringify({
+      status: 'ready', database: 'ok', redis: 'not_configured',
+      local: {
+        tts: 'ready: piper en_US-joe-medium',
+        llm: 'ready: smollm2-135m-instruct',
+        stt: 'missing: speech recognition: models/whisper-tiny-en/model.bin is missing; run scripts/fetch-models.sh',
+      },
+    }),
+  }));
+  await signInWithKey(page2);
+  const note = page2.locator('#local-engines');
+  await note.filter({ hasText: 'speech recognition: missing' }).waitFor();
+  assert.match(await note.textContent(), /run scripts\/fetch-models\.sh/);
+  assert.doesNotMatch(await note.textContent(), /voice|language model/);
+  await shot(page2, '40-engine-missing');
+  assert.deepEqual(problems, []);
+});
