@@ -33,6 +33,7 @@
 //!
 //! This module owns the keys and the bus protocol; it knows nothing of HTTP.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
@@ -158,17 +159,18 @@ pub enum ClusterError {
 /// What travels on a node's bus channel.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
-enum BusMessage {
-    /// A room event for the live connections of `recipients`.
+enum BusMessage<'a> {
+    /// A room event for the live connections of `recipients`. Borrowed
+    /// when sent: one copy per event, into the serialized text.
     Deliver {
-        origin: String,
-        recipients: Vec<UserId>,
-        frame: String,
+        origin: Cow<'a, str>,
+        recipients: Cow<'a, [UserId]>,
+        frame: Cow<'a, str>,
     },
     /// Hang up a session that `node` runs.
     Hangup {
-        origin: String,
-        node: String,
+        origin: Cow<'a, str>,
+        node: Cow<'a, str>,
         session: SessionId,
         /// Only the call carried by this WebRTC peer.
         peer: Option<u64>,
@@ -328,9 +330,9 @@ impl Cluster {
             return;
         }
         let message = BusMessage::Deliver {
-            origin: self.inner.node.clone(),
-            recipients: recipients.to_vec(),
-            frame: frame.to_string(),
+            origin: Cow::Borrowed(&self.inner.node),
+            recipients: Cow::Borrowed(recipients),
+            frame: Cow::Borrowed(frame),
         };
         let Ok(message) = serde_json::to_string(&message) else {
             return;
@@ -391,8 +393,8 @@ impl Cluster {
         };
         let owner = owner.filter(|o| *o != self.inner.node)?;
         let message = BusMessage::Hangup {
-            origin: self.inner.node.clone(),
-            node: owner.clone(),
+            origin: Cow::Borrowed(&self.inner.node),
+            node: Cow::Borrowed(&owner),
             session: id,
             peer,
             ended_by_api: reason == EndReason::EndedByApi,
@@ -611,7 +613,7 @@ fn on_bus_message(cluster: &Cluster, hub: &Addr<RoomHub>, live: &LiveSessions, p
             frame,
         } if origin != cluster.inner.node => {
             hub.do_send(Deliver {
-                recipients,
+                recipients: recipients.into_owned(),
                 frame: frame.into(),
             });
         }
@@ -921,7 +923,7 @@ mod tests {
     fn bus_messages_keep_their_shape() {
         let text = serde_json::to_string(&BusMessage::Deliver {
             origin: "a".into(),
-            recipients: vec![UserId(1), UserId(2)],
+            recipients: vec![UserId(1), UserId(2)].into(),
             frame: r#"{"type":"typing"}"#.into(),
         })
         .unwrap();

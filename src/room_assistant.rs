@@ -1,7 +1,7 @@
 //! The assistant of a chat room: when a user posts a text message in a room
 //! that has one (`rooms.assistant_id`), the assistant answers with its
 //! language model, found through the same provider registry voice sessions
-//! use ([`Providers`], see [`crate::voice::session_setup`]).
+//! use ([`crate::voice::language_model`]).
 //!
 //! - **Never on the request path.** The reply is generated in a spawned
 //!   task: the user's `201` or `send.ack` never waits for the model.
@@ -39,14 +39,13 @@ use std::time::Duration;
 use actix::Addr;
 use futures_util::StreamExt;
 use palaver_actors::conversation::{ChatMessage, ChatRole};
-use palaver_actors::ports::{LanguageModel, LlmRequest, ProviderError};
+use palaver_actors::ports::{LlmRequest, ProviderError};
 use serde_json::json;
 
 use crate::api::rooms::{MESSAGE_MAX_CHARS, RoomMessageView};
 use crate::config::Settings;
 use crate::db::{Db, StoreError};
 use crate::ids::{AssistantId, OrgId, RoomId, RoomMessageId};
-use crate::providers::Providers;
 use crate::rooms_live::{LiveRooms, RoomHub};
 use crate::state::AppState;
 use crate::store::assistants::{Assistant, AssistantSettings};
@@ -316,19 +315,6 @@ fn llm_request(assistant: &AssistantSettings, turns: &[RoomMessage]) -> LlmReque
     }
 }
 
-/// The assistant's language model, as a voice session of it would get it
-/// (its `llm.base_url` overriding `providers.openai_base_url`).
-fn language_model(
-    settings: &Settings,
-    assistant: &AssistantSettings,
-) -> Result<Arc<dyn LanguageModel>, ProviderError> {
-    let mut providers = settings.providers.clone();
-    if let Some(base_url) = &assistant.llm_base_url {
-        providers.openai_base_url = base_url.clone();
-    }
-    Providers::from_settings(&providers).language_model(assistant.llm_provider.as_str())
-}
-
 /// The whole reply, trimmed and cut to a message's length, or why there is
 /// none (an empty reply is a protocol error: there is nothing to store).
 async fn reply(
@@ -336,16 +322,7 @@ async fn reply(
     assistant: &Assistant,
     turns: &[RoomMessage],
 ) -> Result<String, ProviderError> {
-    if assistant.settings.llm_provider == crate::model::LlmProvider::Local {
-        // The first use loads the model: on the blocking pool, never on
-        // this worker thread.
-        crate::providers::local::load(crate::providers::local::LocalPorts {
-            llm: true,
-            ..Default::default()
-        })
-        .await;
-    }
-    let model = language_model(settings, &assistant.settings)?;
+    let model = crate::voice::language_model(settings, &assistant.settings).await?;
     let mut stream = model.stream_reply(llm_request(&assistant.settings, turns));
     let limit_ms = settings.providers.request_timeout_ms.max(1);
     let collect = async {

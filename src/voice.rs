@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::{NaiveDateTime, TimeDelta};
 use palaver_actors::conversation::{ChatRole, ConversationConfig, EndReason, StoredMessage};
-use palaver_actors::ports::{ProviderError, SttOptions};
+use palaver_actors::ports::{LanguageModel, ProviderError, SttOptions};
 use palaver_actors::session::{
     BoxFuture, LlmSetup, SessionSetup, SessionStore, SttSetup, ToClient, TtsSetup,
 };
@@ -170,6 +170,26 @@ fn local_ports(assistant: &AssistantSettings, speak: bool) -> LocalPorts {
     }
 }
 
+/// The assistant's language model: its `llm.base_url` overrides
+/// `providers.openai_base_url`; the local one is loaded first if needed,
+/// off the async threads. Voice sessions and room assistants both get
+/// theirs here.
+pub async fn language_model(
+    settings: &Settings,
+    assistant: &AssistantSettings,
+) -> Result<Arc<dyn LanguageModel>, ProviderError> {
+    local::load(LocalPorts {
+        llm: assistant.llm_provider == LlmProvider::Local,
+        ..LocalPorts::default()
+    })
+    .await;
+    let mut provider_settings = settings.providers.clone();
+    if let Some(base_url) = &assistant.llm_base_url {
+        provider_settings.openai_base_url = base_url.clone();
+    }
+    Providers::from_settings(&provider_settings).language_model(assistant.llm_provider.as_str())
+}
+
 /// Everything a session needs, or why its language model cannot be used.
 /// A voice or speech recognition that cannot be used degrades the session
 /// and is reported in [`Degraded`], so the client can say why. The local
@@ -183,20 +203,9 @@ pub async fn session_setup(
     store: Arc<dyn SessionStore>,
     client: tokio::sync::mpsc::Sender<ToClient>,
 ) -> Result<(SessionSetup, Degraded), ProviderError> {
-    let local_ports = local_ports(assistant, speak);
-    local::load(LocalPorts {
-        llm: local_ports.llm,
-        ..LocalPorts::default()
-    })
-    .await;
-    let mut provider_settings = settings.providers.clone();
-    if let Some(base_url) = &assistant.llm_base_url {
-        provider_settings.openai_base_url = base_url.clone();
-    }
-    let llm_providers = Providers::from_settings(&provider_settings);
-    let llm = llm_providers.language_model(assistant.llm_provider.as_str())?;
+    let llm = language_model(settings, assistant).await?;
     // Only for a session that can start: its hearing and voice.
-    local::load(local_ports).await;
+    local::load(local_ports(assistant, speak)).await;
     let voice = Providers::from_settings(&settings.providers);
     let (tts, voice_problem) = if speak {
         match voice.speech_synthesizer(assistant.tts_provider.as_str()) {

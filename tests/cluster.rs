@@ -441,13 +441,8 @@ async fn users_on_different_nodes_chat_type_read_and_see_presence_until_a_node_d
     );
     wait_member_status(&a, &alice_t, room, bob.0, "online").await;
 
-    let bus_received = |metrics: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with("palaver_cluster_bus_received_total"))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let bus_received =
+        |metrics: &str| common::metric(metrics, "palaver_cluster_bus_received_total");
     assert!(bus_received(&a.metrics().await) > 0.0);
     assert_eq!(
         bus_received(&c.metrics().await),

@@ -519,11 +519,7 @@ async fn chat_across_two_nodes_delivers_every_message_through_redis() {
         .text()
         .await
         .unwrap();
-    let received: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("palaver_cluster_bus_received_total"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0);
+    let received = common::metric(&metrics, "palaver_cluster_bus_received_total");
     assert!(
         received >= 30.0,
         "{received} room events crossed nodes: {}",

@@ -344,6 +344,14 @@ async fn client_message(state: &AppState, org: OrgId, user: UserId, text: &str) 
     }
 }
 
+/// A room the caller may not see is "no room", whatever the reason.
+fn no_room(room: RoomId) -> impl FnOnce(StoreError) -> ApiError {
+    move |err| match err {
+        StoreError::NotFound => ApiError::NotFound(format!("no room with id {room}")),
+        other => other.into(),
+    }
+}
+
 /// The other members of a room `user` belongs to; 404 otherwise.
 async fn others_in(
     state: &AppState,
@@ -358,10 +366,7 @@ async fn others_in(
             store::rooms::member_ids(c, room)
         })
         .await
-        .map_err(|err| match err {
-            StoreError::NotFound => ApiError::NotFound(format!("no room with id {room}")),
-            other => other.into(),
-        })?;
+        .map_err(no_room(room))?;
     Ok(members.into_iter().filter(|m| *m != user).collect())
 }
 
@@ -380,10 +385,7 @@ async fn send(
         .db
         .run(move |c| store::rooms::access(c, org, room, Some(user)))
         .await
-        .map_err(|err| match err {
-            StoreError::NotFound => ApiError::NotFound(format!("no room with id {room}")),
-            other => other.into(),
-        })?;
+        .map_err(no_room(room))?;
     if body.trim().is_empty() {
         return Err(ApiError::validation("body", "body must not be empty"));
     }

@@ -217,6 +217,15 @@ impl TestServer {
     }
 }
 
+/// The value of an unlabelled Prometheus metric in a `/metrics` text (0
+/// when absent: a counter appears on its first increment).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.split(' ').next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// The error code of an error body.
 pub fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("<no error code>")
