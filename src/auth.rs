@@ -114,6 +114,72 @@ pub fn burn_password_check(password: &str) {
     let _ = verify_secret(password, dummy);
 }
 
+/// The threads that run argon2 for requests (hashing and checking
+/// passwords and keys): at most this many, whatever the load.
+///
+/// Not the async runtime's blocking pool: a password hash takes 19 MiB, and
+/// glibc keeps what a thread freed in that thread's arena, so a burst of
+/// sign-ups spread over dozens of blocking threads left that much resident
+/// per thread (~1.8 GiB after 200 sign-ups). Two threads keep it to two
+/// arenas, and argon2 is CPU-bound anyway: more threads than cores would
+/// not hash faster.
+fn hashing_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4))
+}
+
+/// Why argon2 work did not give an answer.
+#[derive(Debug, thiserror::Error)]
+#[error("the argon2 work panicked or its threads could not start")]
+pub struct HashingFailed;
+
+type HashingJob = Box<dyn FnOnce() + Send>;
+
+/// Runs `work` (argon2) on the hashing threads and waits for it without
+/// blocking the caller's thread; requests queue in order when all are busy.
+pub async fn off_thread<R: Send + 'static>(
+    work: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, HashingFailed> {
+    static JOBS: std::sync::OnceLock<Option<std::sync::mpsc::Sender<HashingJob>>> =
+        std::sync::OnceLock::new();
+    let jobs = JOBS.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<HashingJob>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let mut started = 0;
+        for n in 0..hashing_threads() {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{n}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while taking a job.
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(poisoned) => poisoned.into_inner().recv(),
+                        };
+                        let Ok(job) = job else { return };
+                        // A panicking job drops its reply (the caller sees
+                        // `HashingFailed`); the thread goes on.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                });
+            match spawned {
+                Ok(_) => started += 1,
+                Err(err) => tracing::error!(error = %err, "cannot start an argon2 thread"),
+            }
+        }
+        (started > 0).then_some(tx)
+    });
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let job: HashingJob = Box::new(move || {
+        let _ = reply.send(work());
+    });
+    jobs.as_ref()
+        .ok_or(HashingFailed)?
+        .send(job)
+        .map_err(|_| HashingFailed)?;
+    answer.await.map_err(|_| HashingFailed)
+}
+
 /// API keys verified recently, so a busy key costs one argon2 check per
 /// `ttl` instead of one per request. Only a BLAKE2 digest of the key is kept,
 /// in memory; revoking a key on this node forgets it at once, and other
@@ -398,6 +464,27 @@ mod tests {
             ..AuthSettings::default()
         };
         TokenSigner::from_settings(&settings).expect("signer")
+    }
+
+    #[tokio::test]
+    async fn argon2_work_runs_on_a_few_threads_of_its_own_and_outlives_a_panic() {
+        let names = futures_util::future::join_all((0..16).map(|_| {
+            off_thread(|| {
+                let hash = hash_api_key("pk_not_a_real_key");
+                assert!(verify_secret("pk_not_a_real_key", &hash));
+                std::thread::current().name().unwrap_or_default().to_owned()
+            })
+        }))
+        .await;
+        let mut names: Vec<String> = names.into_iter().map(|n| n.expect("hashed")).collect();
+        assert!(names.iter().all(|n| n.starts_with("argon2-")), "{names:?}");
+        names.sort();
+        names.dedup();
+        assert!(names.len() <= hashing_threads(), "{names:?}");
+
+        let panicked = off_thread(|| -> u8 { panic!("argon2 job blew up") }).await;
+        assert!(panicked.is_err());
+        assert_eq!(off_thread(|| 7).await.expect("still working"), 7);
     }
 
     #[test]

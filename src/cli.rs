@@ -95,7 +95,14 @@ async fn serve(settings: Settings) -> Result<(), String> {
     );
     // The embedded engines load in the background while the server starts
     // (a second or two); /readyz says `loading` until they are in.
-    crate::providers::local::preload();
+    if settings.providers.preload_local {
+        crate::providers::local::preload();
+    } else {
+        tracing::info!(
+            "not preloading the local engines (providers.preload_local = false): \
+             the first session that uses one loads it"
+        );
+    }
     let state = server::prepare(settings).await.map_err(|e| e.to_string())?;
     let running = server::start(state).map_err(|e| e.to_string())?;
     tracing::info!(addr = %running.addr, "listening");

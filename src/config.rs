@@ -314,6 +314,11 @@ pub struct ProviderSettings {
     /// ElevenLabs text-to-speech model, e.g. `eleven_flash_v2_5`,
     /// `eleven_turbo_v2_5`, `eleven_multilingual_v2`.
     pub elevenlabs_model: String,
+    /// Load the embedded engines (Whisper, SmolLM2, Piper: ~2 s of both
+    /// cores and ~450 MiB) in the background when `serve` starts. Off, the
+    /// first session on a `local` provider loads what it needs (that call
+    /// waits); a node whose assistants all use hosted providers never does.
+    pub preload_local: bool,
 }
 
 impl Default for ProviderSettings {
@@ -331,6 +336,7 @@ impl Default for ProviderSettings {
             elevenlabs_api_key: None,
             elevenlabs_base_url: "https://api.elevenlabs.io/v1".to_owned(),
             elevenlabs_model: "eleven_flash_v2_5".to_owned(),
+            preload_local: true,
         }
     }
 }

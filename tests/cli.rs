@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_palaver");
@@ -151,6 +151,31 @@ fn wait_for_line(reader: &mut impl BufRead, needle: &str, log: &mut String) -> b
     }
 }
 
+/// `palaver serve` on a free loopback port with JSON logs and `vars`, once
+/// it listens: the child (killed on drop), its log so far and the rest of
+/// it, and its address.
+fn serve(env: &Env, vars: &[(&str, &str)]) -> (KillOnDrop, BufReader<ChildStderr>, String, String) {
+    let mut command = env.command(&["serve"]);
+    command
+        .env("PALAVER_SERVER_BIND", "127.0.0.1:0")
+        .env("PALAVER_LOG_FORMAT", "json")
+        .envs(vars.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let guard = KillOnDrop(Some(child));
+    let mut log = String::new();
+    assert!(
+        wait_for_line(&mut stderr, "\"listening\"", &mut log),
+        "never listened:\n{log}"
+    );
+    let listening: serde_json::Value =
+        serde_json::from_str(log.lines().last().unwrap()).expect("JSON log line");
+    let addr = listening["addr"].as_str().unwrap().to_owned();
+    (guard, stderr, addr, log)
+}
+
 /// Kills the server if the test fails before it exits by itself.
 struct KillOnDrop(Option<Child>);
 
@@ -166,34 +191,8 @@ impl Drop for KillOnDrop {
 #[test]
 fn serve_answers_and_stops_gracefully_on_sigterm() {
     let env = Env::new();
-    let mut child = env
-        .command(&["serve"])
-        .env("PALAVER_SERVER_BIND", "127.0.0.1:0")
-        .env("PALAVER_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut guard = KillOnDrop(Some(child));
-    let mut log = String::new();
-    assert!(
-        wait_for_line(&mut stderr, "\"listening\"", &mut log),
-        "never listened:\n{log}"
-    );
-    let listening: serde_json::Value =
-        serde_json::from_str(log.lines().last().unwrap()).expect("JSON log line");
-    let addr = listening["addr"].as_str().unwrap().to_owned();
-
-    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+    let (mut guard, mut stderr, addr, mut log) = serve(&env, &[]);
+    let response = http_get(&addr, "/healthz");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 
     let pid = guard.0.as_ref().unwrap().id();
@@ -213,4 +212,39 @@ fn serve_answers_and_stops_gracefully_on_sigterm() {
         !log.contains(common::JWT_SECRET),
         "secrets never reach the log"
     );
+}
+
+/// `GET path` on `addr` with a plain socket; the whole response.
+fn http_get(addr: &str, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+    response
+}
+
+#[test]
+fn serve_can_leave_the_local_engines_for_the_first_session_that_needs_them() {
+    let env = Env::new();
+    let (_guard, _stderr, addr, log) = serve(&env, &[("PALAVER_PROVIDERS_PRELOAD_LOCAL", "false")]);
+    assert!(log.contains("not preloading the local engines"), "{log}");
+    // Nothing loads by itself: a while later every engine is still waiting
+    // for a session (with preloading on, these would read `loading` or,
+    // with no model files here, `missing: …`).
+    std::thread::sleep(Duration::from_millis(500));
+    let response = http_get(&addr, "/readyz");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let body: serde_json::Value =
+        serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    for engine in ["stt", "llm", "tts"] {
+        let status = body["local"][engine].as_str().unwrap_or_default();
+        assert!(status.starts_with("not loaded yet"), "{engine}: {body}");
+    }
 }

@@ -77,7 +77,7 @@ pub async fn issue_key(
     for _ in 0..3 {
         let generated = auth::generate_api_key();
         let secret = generated.secret.clone();
-        let hash = web::block(move || auth::hash_api_key(secret.expose()))
+        let hash = auth::off_thread(move || auth::hash_api_key(secret.expose()))
             .await
             .map_err(|e| ApiError::Internal(format!("key hashing task failed: {e}")))?;
         let name = name.clone();

@@ -147,7 +147,7 @@ pub(crate) async fn authenticate(state: &AppState, token: &str) -> Result<Caller
             .ok_or_else(invalid)?;
         let presented = token.to_owned();
         let hash = key.key_hash.clone();
-        let matches = actix_web::web::block(move || auth::verify_secret(&presented, &hash))
+        let matches = auth::off_thread(move || auth::verify_secret(&presented, &hash))
             .await
             .map_err(|e| ApiError::Internal(format!("key check task failed: {e}")))?;
         if !matches {

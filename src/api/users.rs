@@ -110,7 +110,7 @@ pub fn check_password(password: &str) -> Result<(), ApiError> {
 
 /// Hashes off the async threads (argon2 takes tens of milliseconds).
 async fn hash_password(password: Secret) -> Result<String, ApiError> {
-    web::block(move || auth::hash_password(password.expose()))
+    auth::off_thread(move || auth::hash_password(password.expose()))
         .await
         .map_err(|e| ApiError::Internal(format!("password hashing task failed: {e}")))
 }
@@ -250,7 +250,7 @@ async fn login(
         None => candidates,
     };
     let password = input.password;
-    let matched = web::block(move || {
+    let matched = auth::off_thread(move || {
         if candidates.is_empty() {
             auth::burn_password_check(password.expose());
         }
