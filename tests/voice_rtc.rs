@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::TestServer;
 use common::voice::{Call, HEARD, call, spoken, wait_ended, wait_messages};
-use palaver_loadtest::rtc_caller::{ConnectionState, ReceivedAudio, RtcCaller, RtcCallerError};
+use palaver_loadtest::rtc_caller::{
+    ConnectionState, ReceivedAudio, RtcCaller, RtcCallerConfig, RtcCallerError,
+};
 use palaver_media::AudioFrame;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -170,6 +172,41 @@ async fn a_typed_turn_over_webrtc_is_spoken_back_as_opus_and_stored() {
     caller.hangup().await.expect("hang up");
     let ended = wait_ended(&call).await;
     assert_eq!(ended["end_reason"], "hang-up");
+}
+
+#[actix_web::test]
+async fn the_first_message_waits_for_a_slow_callers_media_and_is_heard_whole() {
+    let greeting = "Welcome to the Grand Hotel.";
+    let call = call(vec![], json!({"first_message": greeting})).await;
+    // The caller applies the answer (starts ICE and DTLS) 1.5 s after it
+    // came: longer than the greeting (27 characters, 1.08 s of speech).
+    // Played from the answer on, the caller would hear nothing of it.
+    let config = RtcCallerConfig {
+        answer_delay: Duration::from_millis(1_500),
+        ..RtcCallerConfig::default()
+    };
+    let caller = RtcCaller::connect_with(&base(&call.server), call.session, &call.token, config)
+        .await
+        .expect("the WebRTC call connects");
+    let mut seen = Seen::default();
+    seen.until(&caller, "assistant.done").await;
+    assert_eq!(seen.first("assistant.done").unwrap()["text"], greeting);
+    let expected = greeting.chars().count() * 2;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.loud_frames() < expected * 9 / 10 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        seen.drain(&caller);
+    }
+    assert!(
+        seen.loud_frames() >= expected * 9 / 10,
+        "{} loud frames of the greeting's about {expected}; stats {:?}",
+        seen.loud_frames(),
+        caller.stats()
+    );
+    let stored = wait_messages(&call, 1).await;
+    assert_eq!(stored[0]["content"], greeting);
+    assert_eq!(stored[0]["interrupted"], false);
+    caller.hangup().await.expect("hang up");
 }
 
 #[actix_web::test]

@@ -55,6 +55,11 @@ pub struct ConversationConfig {
     /// that sends no audio) gets replies as text: nothing is synthesised and
     /// a reply counts as delivered once generated.
     pub speak: bool,
+    /// The caller's audio path is not up yet (WebRTC before ICE and DTLS
+    /// complete): the first message waits for [`Input::MediaConnected`], so
+    /// that the caller hears it from its first word and the transcript
+    /// records nothing the caller could not hear.
+    pub wait_for_media: bool,
 }
 
 impl Default for ConversationConfig {
@@ -72,6 +77,7 @@ impl Default for ConversationConfig {
             apology: "Sorry, I'm having trouble answering right now.".to_owned(),
             max_chunk_chars: 200,
             speak: true,
+            wait_for_media: false,
         }
     }
 }
@@ -132,6 +138,9 @@ pub enum Input {
     AudioSent { audio_ms: u32 },
     /// The caller hung up, or the API ended the session.
     Hangup { reason: EndReason },
+    /// The caller's audio path came up (see
+    /// [`ConversationConfig::wait_for_media`]); later ones change nothing.
+    MediaConnected,
 }
 
 /// Why a session ended.
@@ -412,11 +421,14 @@ pub struct Conversation {
     last_activity: Millis,
     /// Time of the latest input or timeout handled.
     last_input: Millis,
+    /// The first message, until the caller's media connects.
+    first_message_waiting: Option<String>,
 }
 
 impl Conversation {
     /// Starts the conversation at time 0: speaks the first message if the
-    /// assistant has one.
+    /// assistant has one (once the media connects, with
+    /// [`ConversationConfig::wait_for_media`]).
     pub fn new(config: ConversationConfig) -> Self {
         let mut history = Vec::new();
         if !config.system_prompt.trim().is_empty() {
@@ -437,31 +449,53 @@ impl Conversation {
             next_chunk: 1,
             last_activity: 0,
             last_input: 0,
+            first_message_waiting: None,
         };
         if let Some(first) = conversation.config.first_message.clone() {
-            let turn = conversation.take_turn_id();
-            conversation.reply = Some(Reply {
-                turn,
-                interruptible: conversation.config.first_message_interruptible,
-                llm_running: false,
-                text: first.clone(),
-                pending: String::new(),
-                chunks: Vec::new(),
-                sent_ms: 0,
-                started_at: 0,
-                speech_ended_at: None,
-                latency: TurnLatency::default(),
-                failed: false,
-                spoken: conversation.config.speak,
-            });
-            conversation.phase = Phase::Thinking;
-            conversation.emit(Event::AssistantDelta {
-                text: first.clone(),
-            });
-            conversation.synthesize(first);
-            conversation.maybe_finish_reply(0);
+            if conversation.config.wait_for_media {
+                conversation.first_message_waiting = Some(first);
+            } else {
+                conversation.say_first_message(0, first);
+            }
         }
         conversation
+    }
+
+    fn say_first_message(&mut self, now: Millis, first: String) {
+        let turn = self.take_turn_id();
+        self.reply = Some(Reply {
+            turn,
+            interruptible: self.config.first_message_interruptible,
+            llm_running: false,
+            text: first.clone(),
+            pending: String::new(),
+            chunks: Vec::new(),
+            sent_ms: 0,
+            started_at: now,
+            speech_ended_at: None,
+            latency: TurnLatency::default(),
+            failed: false,
+            spoken: self.config.speak,
+        });
+        self.phase = Phase::Thinking;
+        self.emit(Event::AssistantDelta {
+            text: first.clone(),
+        });
+        self.synthesize(first);
+        self.maybe_finish_reply(now);
+    }
+
+    /// The media is up: the first message that waited for it starts, unless
+    /// the caller already took the first turn (typed before the audio came
+    /// up), which it would only talk over.
+    fn on_media_connected(&mut self, now: Millis) {
+        let Some(first) = self.first_message_waiting.take() else {
+            return;
+        };
+        if self.phase == Phase::Listening && self.reply.is_none() && self.utterance.is_none() {
+            self.last_activity = now;
+            self.say_first_message(now, first);
+        }
     }
 
     pub fn phase(&self) -> Phase {
@@ -545,6 +579,7 @@ impl Conversation {
             Input::TtsFailed { chunk, message } => self.on_tts_failed(now, chunk, message),
             Input::AudioSent { audio_ms } => self.on_audio_sent(now, audio_ms),
             Input::Hangup { reason } => self.end(now, reason),
+            Input::MediaConnected => self.on_media_connected(now),
         }
         self.handle_timeout(now);
     }

@@ -136,6 +136,12 @@ pub struct CallerAudio(pub AudioFrame);
 #[rtype(result = "()")]
 pub struct Hangup(pub EndReason);
 
+/// The caller's audio path is up (WebRTC: ICE and DTLS done): a first
+/// message that waited for it starts.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct MediaConnected;
+
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 struct LlmItem {
@@ -718,6 +724,14 @@ impl Handler<SttItem> for SessionActor {
             }
         };
         self.feed(input, ctx);
+    }
+}
+
+impl Handler<MediaConnected> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: MediaConnected, ctx: &mut Context<Self>) {
+        self.feed(Input::MediaConnected, ctx);
     }
 }
 

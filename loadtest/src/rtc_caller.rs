@@ -172,6 +172,10 @@ pub struct RtcCallerConfig {
     /// The HTTP client for the offer and the hang-up (one per caller if
     /// `None`; share one across many callers).
     pub http: Option<reqwest::Client>,
+    /// Wait this long between receiving the answer and applying it, as a
+    /// caller on a slow network (or a busy client) would: ICE and DTLS
+    /// start that much later. Within `connect_timeout`.
+    pub answer_delay: Duration,
 }
 
 impl Default for RtcCallerConfig {
@@ -183,6 +187,7 @@ impl Default for RtcCallerConfig {
             decode_audio: true,
             audio_queue: 500,
             http: None,
+            answer_delay: Duration::ZERO,
         }
     }
 }
@@ -534,6 +539,12 @@ impl RtcCaller {
             }
         };
         let hangup_url = resolve_location(base_url, &location);
+        if !config.answer_delay.is_zero() {
+            tokio::time::sleep_until(
+                deadline.min(tokio::time::Instant::now() + config.answer_delay),
+            )
+            .await;
+        }
 
         let payload_type =
             match finish(&prepared, &answer_sdp, deadline, config.connect_timeout).await {

@@ -96,7 +96,11 @@ impl Joining {
             .db
             .run(move |c| store::sessions::activate(c, org, id, transport))
             .await?;
-        let actor = SessionActor::new(self.setup).start();
+        let mut setup = self.setup;
+        // Over WebRTC the answer goes out before ICE and DTLS complete: the
+        // first message waits for the audio path (`MediaConnected`).
+        setup.conversation.wait_for_media = transport == Transport::Webrtc;
+        let actor = SessionActor::new(setup).start();
         state.live.insert(id, actor.clone());
         Ok(Joined {
             actor,

@@ -19,7 +19,7 @@
 use actix_web::http::header;
 use actix_web::{HttpResponse, delete, post, web};
 use palaver_actors::conversation::EndReason;
-use palaver_actors::session::{CallerAudio, Hangup, ToClient};
+use palaver_actors::session::{CallerAudio, Hangup, MediaConnected, ToClient};
 use palaver_media::rtc::{CallAudio, OfferError, PeerEvent, RtcPeer};
 use utoipa_actix_web::service_config::ServiceConfig;
 
@@ -211,6 +211,7 @@ async fn run_peer(id: SessionId, mut peer: RtcPeer, mut audio: CallAudio, joined
                 }
                 Some(PeerEvent::Connected) => {
                     tracing::debug!(session = %id, peer = %peer.id(), "WebRTC connected");
+                    actor.do_send(MediaConnected);
                 }
                 Some(PeerEvent::ChannelOpen) => {}
                 Some(PeerEvent::Closed { reason }) => {

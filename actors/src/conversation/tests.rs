@@ -156,6 +156,50 @@ fn the_first_message_is_spoken_without_the_language_model() {
 }
 
 #[test]
+fn a_first_message_waiting_for_media_starts_when_it_connects_and_only_then() {
+    let mut c = Conversation::new(ConversationConfig {
+        first_message: Some("Hello! How can I help?".into()),
+        wait_for_media: true,
+        ..config()
+    });
+    // Nothing is said or stored while the caller cannot hear it.
+    c.handle_input(2_000, Input::AudioSent { audio_ms: 0 });
+    let out = drain(&mut c);
+    assert!(synthesized(&out).is_empty(), "{out:?}");
+    assert!(events(&out).is_empty(), "{out:?}");
+    assert_eq!(c.phase(), Phase::Listening);
+
+    c.handle_input(2_500, Input::MediaConnected);
+    let out = drain(&mut c);
+    let chunks = synthesized(&out);
+    assert_eq!(chunks.len(), 1, "{out:?}");
+    assert_eq!(chunks[0].1, "Hello! How can I help?");
+    assert!(events(&out).contains(&&Event::AssistantDelta {
+        text: "Hello! How can I help?".into()
+    }));
+    // A second connect (an ICE restart) says nothing again.
+    c.handle_input(2_600, Input::MediaConnected);
+    assert!(synthesized(&drain(&mut c)).is_empty());
+
+    // A caller who typed first (the data channel came up before the audio)
+    // gets an answer, not a greeting talking over it.
+    let mut typed_first = Conversation::new(ConversationConfig {
+        first_message: Some("Hello! How can I help?".into()),
+        wait_for_media: true,
+        ..config()
+    });
+    typed_first.handle_input(
+        100,
+        Input::UserText {
+            text: "Is the pool open?".into(),
+        },
+    );
+    assert!(started_turn(&drain(&mut typed_first)).is_some());
+    typed_first.handle_input(200, Input::MediaConnected);
+    assert!(synthesized(&drain(&mut typed_first)).is_empty());
+}
+
+#[test]
 fn the_turn_ends_after_end_of_turn_silence_and_a_final_transcript() {
     let mut c = Conversation::new(config());
     c.handle_input(1_000, Input::SpeechStarted);
