@@ -18,6 +18,9 @@
 #                  ~15 s, so above ~300 callers raise it to have them all
 #                  connected at once)
 #   PHASES         which provider settings: "zero-latency realistic" (default)
+#   FIRST_MESSAGE  the created assistant greets with this: callers hear it
+#                  out first, and `setup` (offer or upgrade → its first
+#                  audio) is timed (default: no greeting)
 #   LOADTEST_ARGS  more palaver-loadtest arguments (e.g. "--decode-audio"
 #                  for voice-rtc)
 #   BENCH_JSON_DIR keep the JSON and HTML reports and /metrics here
@@ -36,6 +39,8 @@ case "$input" in
 esac
 utterance_args=()
 [ -n "${UTTERANCE:-}" ] && utterance_args=(--utterance "$UTTERANCE")
+greeting_args=()
+[ -n "${FIRST_MESSAGE:-}" ] && greeting_args=(--first-message "$FIRST_MESSAGE")
 case "$transport" in
   ws | websocket) transport=ws scenario=voice-ws ;;
   webrtc | rtc) transport=webrtc scenario=voice-rtc ;;
@@ -99,9 +104,11 @@ phase() {
   for callers in "${callers_list[@]}"; do
     echo "-- $callers callers × $turns $input turns, 30 % barge-in, ramp $ramp/s; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
     # Without --assistant-id, the scenario creates one (openai STT, LLM and
-    # TTS; the server's default end_of_turn_ms 500 and min_interruption_ms 300).
+    # TTS; the server's default end_of_turn_ms 500 and min_interruption_ms
+    # 300; a first message when FIRST_MESSAGE is set).
     PALAVER_API_KEY="$key" "$bin"/palaver-loadtest "$scenario" --url http://127.0.0.1:18081 \
       --input "$input" ${utterance_args[@]+"${utterance_args[@]}"} \
+      ${greeting_args[@]+"${greeting_args[@]}"} \
       --callers "$callers" --turns "$turns" --barge-in-share 0.3 \
       --ramp-per-second "$ramp" --max-seconds 120 --server-pid "$server_pid" \
       --providers-url "$fake_url" --json "$out/$prefix-$name-$callers.json" \

@@ -17,7 +17,7 @@ use palaver_loadtest::report::Report;
 use palaver_loadtest::rest::{self, RestConfig, RestScenario};
 use palaver_loadtest::scenario::ScenarioFile;
 use palaver_loadtest::voice_rtc::{self, RtcOptions};
-use palaver_loadtest::voice_ws::{self, TurnInput, VoiceConfig};
+use palaver_loadtest::voice_ws::{self, AssistantShape, TurnInput, VoiceConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -62,6 +62,16 @@ async fn voice_setup() -> (FakeProviders, TestServer, String, i64) {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{assistant}");
     (fake, server, t.key, assistant["id"].as_i64().unwrap())
+}
+
+/// The assistant a spoken run creates: the fakes for all three providers
+/// (the harness's own choice), a first message, a short end-of-turn silence.
+fn greeting_assistant() -> AssistantShape {
+    AssistantShape {
+        first_message: Some("Front desk, good evening.".into()),
+        end_of_turn_ms: Some(300),
+        min_interruption_ms: None,
+    }
 }
 
 /// Every operation named has a latency, and nothing failed.
@@ -185,6 +195,16 @@ async fn typed_voice_ws_turns_run_clean_record_every_metric_and_barge_in() {
     assert!(providers.speech_requests > 0);
     let resources = voice.server.as_ref().unwrap();
     assert!(resources.samples >= 2 && resources.peak_rss_mib > 0.0);
+    // This test process is the server: its actix workers are among its
+    // threads, by name.
+    assert!(
+        resources
+            .busiest_threads
+            .iter()
+            .any(|t| t.name.starts_with("actix")),
+        "{:?}",
+        resources.busiest_threads
+    );
     assert!(table.contains("first-audio") && table.contains("server-added first audio"));
     let json = serde_json::to_value(&report).unwrap();
     assert!(json["operations"]["barge-in-stop"]["p99_ms"].is_number());
@@ -245,6 +265,7 @@ fn assert_spoken(report: &Report, connect: &str, callers: u64, turns: u64, barge
         voice_ws::SERVER_V2V,
         voice_ws::TRANSPORT_OVERHEAD,
         voice_ws::END_SESSION,
+        voice_ws::SETUP,
     ];
     if barge_ins > 0 {
         ops.extend([voice_ws::BARGE_IN_STOP, voice_ws::INTERRUPTED_EVENT]);
@@ -259,12 +280,23 @@ fn assert_spoken(report: &Report, connect: &str, callers: u64, turns: u64, barge
     assert!(voice.utterance.as_deref().unwrap().contains("synthetic"));
     assert_eq!(voice.end_of_turn_ms, Some(300));
     assert_eq!(voice.turns_completed, callers * turns, "{table}");
+    // Every caller heard the created assistant's first message: `setup`
+    // runs from joining to its first audio, so it is never below the fake's
+    // TTS delay.
+    let ops = &report.operations;
+    assert_eq!(ops[voice_ws::SETUP].ok, callers, "{table}");
+    assert!(ops[voice_ws::SETUP].p50_ms >= 10.0, "{table}");
+    // Everyone was in a call at some second, nobody before the first nor
+    // after the last hang-up.
+    let counts: Vec<usize> = voice.sessions_over_time.iter().map(|p| p.count).collect();
+    assert!(counts.len() >= 2, "{counts:?}");
+    assert_eq!(counts.iter().max(), Some(&(callers as usize)), "{counts:?}");
+    assert!(counts.iter().all(|&n| n <= callers as usize), "{counts:?}");
     assert_eq!(
         (voice.barge_ins_sent, voice.barge_ins_observed),
         (barge_ins, barge_ins),
         "{table}"
     );
-    let ops = &report.operations;
     // Every reply, finished or cut, had its first audio after the caller's
     // speech ended; the server waited its end-of-turn silence before each.
     assert_eq!(
@@ -297,6 +329,7 @@ fn assert_spoken(report: &Report, connect: &str, callers: u64, turns: u64, barge
     assert!(table.contains("server-added voice-to-voice"), "{table}");
     let html = palaver_loadtest::html::render(report);
     assert!(html.contains("aria-label=\"voice-to-voice latency histogram\""));
+    assert!(html.contains("aria-label=\"callers in a call over time\""));
     assert!(html.contains("spoken turns: synthetic"));
 }
 
@@ -306,7 +339,8 @@ async fn spoken_turns_over_the_websocket_are_timed_from_the_end_of_speech() {
     let report = voice_ws::run(VoiceConfig {
         base_url: server.base.clone(),
         api_key: key.clone(),
-        assistant_id: Some(assistant),
+        // The run creates its assistant, greeting and quick to end a turn.
+        assistant: greeting_assistant(),
         input: TurnInput::Spoken,
         callers: 3,
         turns: 2,
@@ -344,17 +378,31 @@ async fn spoken_turns_over_the_websocket_are_timed_from_the_end_of_speech() {
         matches!(&refused, Err(rest::RunError::Config(why)) if why.contains("no speech")),
         "{refused:?}"
     );
+    // So is shaping an assistant the run does not create.
+    let refused = voice_ws::run(VoiceConfig {
+        base_url: server.base.clone(),
+        api_key: key.clone(),
+        assistant_id: Some(assistant),
+        assistant: greeting_assistant(),
+        ..VoiceConfig::default()
+    })
+    .await;
+    assert!(
+        matches!(&refused, Err(rest::RunError::Config(why))
+            if why.contains(&format!("PATCH /v1/assistants/{assistant}"))),
+        "{refused:?}"
+    );
     fake.stop().await;
 }
 
 #[actix_web::test]
 async fn spoken_turns_over_webrtc_send_paced_opus_and_are_timed_from_the_end_of_speech() {
-    let (fake, server, key, assistant) = voice_setup().await;
+    let (fake, server, key, _) = voice_setup().await;
     let report = voice_rtc::run(
         VoiceConfig {
             base_url: server.base.clone(),
             api_key: key.clone(),
-            assistant_id: Some(assistant),
+            assistant: greeting_assistant(),
             input: TurnInput::Spoken,
             callers: 2,
             turns: 1,

@@ -24,16 +24,36 @@ pub fn render(report: &Report) -> String {
     );
     summary(&mut out, report);
     operations(&mut out, report);
-    if let Some(voice) = &report.voice
-        && !voice.first_audio_over_time.is_empty()
-    {
-        out.push_str("<h2>First audio over the run</h2>\n");
-        let points: Vec<(f64, f64)> = voice
+    if let Some(voice) = &report.voice {
+        let first_audio: Vec<(f64, f64)> = voice
             .first_audio_over_time
             .iter()
             .map(|p| (p.t_s, p.ms))
             .collect();
-        chart(&mut out, "first audio ms", &points, Mark::Dots);
+        let sessions: Vec<(f64, f64)> = voice
+            .sessions_over_time
+            .iter()
+            .map(|p| (p.t_s, p.count as f64))
+            .collect();
+        for (title, label, points, mark) in [
+            (
+                "First audio over the run",
+                "first audio ms",
+                first_audio,
+                Mark::Dots,
+            ),
+            (
+                "Sessions over the run",
+                "callers in a call",
+                sessions,
+                Mark::Line,
+            ),
+        ] {
+            if !points.is_empty() {
+                let _ = writeln!(out, "<h2>{title}</h2>");
+                chart(&mut out, label, &points, mark);
+            }
+        }
     }
     let processes = match (&report.voice, &report.chat) {
         (Some(voice), _) => Some((&voice.server, &voice.load_generator)),
@@ -270,6 +290,13 @@ fn resources_section(out: &mut String, name: &str, r: &ServerResources) {
         r.mean_cpu_percent,
         r.max_cpu_percent
     );
+    if !r.busiest_threads.is_empty() {
+        let _ = writeln!(
+            out,
+            "<p>Busiest threads (100 % = one core): {}</p>",
+            escape(&crate::report::thread_list(&r.busiest_threads))
+        );
+    }
     let series = |value: fn(&ResourcePoint) -> f64| -> Vec<(f64, f64)> {
         r.timeline.iter().map(|p| (p.t_s, value(p))).collect()
     };
@@ -356,7 +383,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::report::{LatencyPoint, VoiceFigures};
+    use crate::report::{CountPoint, LatencyPoint, VoiceFigures};
 
     fn op(p50: f64, failed: u64, failures: &[(&str, u64)]) -> OpSummary {
         let mut stats = crate::report::OpStats::new();
@@ -412,10 +439,20 @@ mod tests {
                     LatencyPoint { t_s: 1.5, ms: 6.0 },
                     LatencyPoint { t_s: 7.0, ms: 9.5 },
                 ],
+                sessions_over_time: vec![
+                    CountPoint { t_s: 1.0, count: 2 },
+                    CountPoint { t_s: 2.0, count: 3 },
+                ],
                 server: Some(ServerResources {
                     pid: 42,
                     samples: 3,
                     timeline,
+                    busiest_threads: vec![crate::report::ThreadCpu {
+                        name: "palaver-rtc".into(),
+                        threads: 1,
+                        mean_cpu_percent: 97.0,
+                        max_cpu_percent: 100.0,
+                    }],
                     ..ServerResources::default()
                 }),
                 ..VoiceFigures::default()
@@ -437,6 +474,8 @@ mod tests {
         assert!(html.contains("polyline"));
         assert!(html.contains("aria-label=\"first audio ms over time\""));
         assert_eq!(html.matches("<circle").count(), 2);
+        assert!(html.contains("aria-label=\"callers in a call over time\""));
+        assert!(html.contains("Busiest threads (100 % = one core): palaver-rtc 97 % (max 100 %)"));
         // Reasons are escaped, and nothing is fetched from elsewhere.
         assert!(html.contains("<title>5 ms–10 ms: 1</title>"), "{html}");
         assert!(html.contains("timed out &lt;ICE&gt;"));

@@ -10,7 +10,7 @@ use palaver_loadtest::fake_providers::{self, DEFAULT_REPLY, FakeProvidersConfig}
 use palaver_loadtest::report::Report;
 use palaver_loadtest::rest::{self, RestConfig, RestScenario, RunError};
 use palaver_loadtest::scenario::ScenarioFile;
-use palaver_loadtest::voice::TurnInput;
+use palaver_loadtest::voice::{AssistantShape, TurnInput};
 use palaver_loadtest::voice_rtc::{self, RtcOptions};
 use palaver_loadtest::voice_ws::{self, VoiceConfig};
 
@@ -273,6 +273,17 @@ struct VoiceArgs {
     /// The fake providers' base URL, to report their configured latency.
     #[arg(long)]
     providers_url: Option<String>,
+    /// What the assistant the run creates says first (not with
+    /// --assistant-id); callers hear it out before their first turn, and
+    /// `setup` (offer or WebSocket upgrade → its first audio) is timed.
+    #[arg(long)]
+    first_message: Option<String>,
+    /// The created assistant's end-of-turn silence (server default 500).
+    #[arg(long)]
+    end_of_turn_ms: Option<u32>,
+    /// The created assistant's speech needed to cut in (server default 300).
+    #[arg(long)]
+    min_interruption_ms: Option<u32>,
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -304,6 +315,11 @@ impl VoiceArgs {
             interruption: self.interruption,
             server_pid: self.server_pid,
             fake_providers_url: self.providers_url,
+            assistant: AssistantShape {
+                first_message: self.first_message,
+                end_of_turn_ms: self.end_of_turn_ms,
+                min_interruption_ms: self.min_interruption_ms,
+            },
         };
         (
             config,

@@ -249,6 +249,9 @@ pub struct VoiceFigures {
     pub rtc: Option<RtcFigures>,
     /// Every reply's first audio, by when it came: latency over the run.
     pub first_audio_over_time: Vec<LatencyPoint>,
+    /// Callers in a call (their session created, not yet hung up), once a
+    /// second.
+    pub sessions_over_time: Vec<CountPoint>,
 }
 
 /// RTP and data channel counts of a WebRTC run, summed over callers.
@@ -305,6 +308,21 @@ pub struct ServerResources {
     pub max_cpu_percent: f64,
     /// One point per sampling interval, for charts.
     pub timeline: Vec<ResourcePoint>,
+    /// Its busiest threads by name (100 % = one core): a thread near 100 %
+    /// is a limit however idle the other cores are.
+    pub busiest_threads: Vec<ThreadCpu>,
+}
+
+/// The CPU of a process's threads of one name over a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ThreadCpu {
+    pub name: String,
+    /// Threads of that name at the end of the run.
+    pub threads: usize,
+    /// CPU time over wall time, all of them together.
+    pub mean_cpu_percent: f64,
+    /// The busiest sampling interval.
+    pub max_cpu_percent: f64,
 }
 
 /// One latency sample at a moment of the run.
@@ -313,6 +331,14 @@ pub struct LatencyPoint {
     /// Seconds into the run.
     pub t_s: f64,
     pub ms: f64,
+}
+
+/// How many were at it at a moment of the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct CountPoint {
+    /// Seconds into the run.
+    pub t_s: f64,
+    pub count: usize,
 }
 
 /// The process over one sampling interval.
@@ -550,9 +576,34 @@ fn resource_lines(processes: &[(&str, &Option<ServerResources>)]) -> String {
                 s.max_cpu_percent,
                 s.samples,
             ));
+            if !s.busiest_threads.is_empty() {
+                out.push_str(&format!(
+                    "  busiest threads: {}\n",
+                    thread_list(&s.busiest_threads)
+                ));
+            }
         }
     }
     out
+}
+
+/// `name ×n mean % (max %)`, comma separated, for the table and the page.
+pub fn thread_list(threads: &[ThreadCpu]) -> String {
+    threads
+        .iter()
+        .map(|t| {
+            let count = if t.threads > 1 {
+                format!(" ×{}", t.threads)
+            } else {
+                String::new()
+            };
+            format!(
+                "{}{count} {:.0} % (max {:.0} %)",
+                t.name, t.mean_cpu_percent, t.max_cpu_percent
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

@@ -1,17 +1,119 @@
 //! Samples another process's CPU time and resident memory from `/proc`
 //! (Linux) once per interval on a thread of its own, so a run can report
-//! what the server spent. It only reads `/proc/<pid>/stat` and
-//! `/proc/<pid>/status`; it never signals the process.
+//! what the server spent, and which of its threads spent it (a thread at
+//! 100 % of one core is a limit however idle the other cores are). It only
+//! reads `/proc/<pid>/stat`, `/proc/<pid>/status` and
+//! `/proc/<pid>/task/*/stat`; it never signals the process.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::report::{ResourcePoint, ServerResources};
+use crate::report::{ResourcePoint, ServerResources, ThreadCpu};
 
 /// Clock ticks per second in `/proc/<pid>/stat` (`USER_HZ`): part of the
 /// kernel's ABI, 100 on every architecture Palaver is built for.
 const USER_HZ: f64 = 100.0;
+/// Thread names reported, busiest first.
+const BUSIEST_THREADS: usize = 6;
+
+/// CPU ticks of each thread (by id) with its name, at one moment.
+type ThreadTicks = HashMap<u32, (String, u64)>;
+
+/// Per thread name: CPU ticks over the run, threads seen, and the busiest
+/// interval's share of one core.
+#[derive(Debug, Default)]
+struct ThreadLoad {
+    first: ThreadTicks,
+    previous: ThreadTicks,
+    previous_at: Option<Instant>,
+    max_percent: BTreeMap<String, f64>,
+}
+
+impl ThreadLoad {
+    fn observe(&mut self, at: Instant, now: ThreadTicks) {
+        if let Some(before) = self.previous_at {
+            let wall = at.duration_since(before).as_secs_f64();
+            if wall > 0.0 {
+                for (name, ticks) in by_name(&self.previous, &now).0 {
+                    let percent = ticks as f64 / USER_HZ / wall * 100.0;
+                    let max = self.max_percent.entry(name).or_default();
+                    *max = max.max(percent);
+                }
+            }
+        } else {
+            self.first = now.clone();
+        }
+        self.previous = now;
+        self.previous_at = Some(at);
+    }
+
+    /// The busiest thread names over `wall` seconds.
+    fn busiest(&self, wall: f64) -> Vec<ThreadCpu> {
+        if wall <= 0.0 {
+            return Vec::new();
+        }
+        let (ticks, counts) = by_name(&self.first, &self.previous);
+        let mut threads: Vec<ThreadCpu> = ticks
+            .into_iter()
+            .map(|(name, ticks)| ThreadCpu {
+                threads: counts.get(&name).copied().unwrap_or(1),
+                mean_cpu_percent: ticks as f64 / USER_HZ / wall * 100.0,
+                max_cpu_percent: self.max_percent.get(&name).copied().unwrap_or(0.0),
+                name,
+            })
+            .collect();
+        threads.sort_by(|a, b| b.mean_cpu_percent.total_cmp(&a.mean_cpu_percent));
+        threads.truncate(BUSIEST_THREADS);
+        threads
+    }
+}
+
+/// Ticks spent between `before` and `after` by thread name (threads of one
+/// name, like a pool's workers, add up; one born in between counts from 0),
+/// and how many threads bear each name.
+fn by_name(
+    before: &ThreadTicks,
+    after: &ThreadTicks,
+) -> (BTreeMap<String, u64>, BTreeMap<String, usize>) {
+    let mut ticks = BTreeMap::new();
+    let mut counts = BTreeMap::new();
+    for (tid, (name, now)) in after {
+        let then = before.get(tid).map_or(0, |(_, t)| *t);
+        *ticks.entry(name.clone()).or_default() += now.saturating_sub(then);
+        *counts.entry(name.clone()).or_default() += 1;
+    }
+    (ticks, counts)
+}
+
+/// Every thread's name and CPU ticks (threads that exit meanwhile are
+/// skipped).
+fn thread_ticks(pid: u32) -> ThreadTicks {
+    let mut threads = ThreadTicks::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return threads;
+    };
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        if let (Some(name), Some(ticks)) = (thread_name(&stat), cpu_ticks(&stat)) {
+            threads.insert(tid, (name.to_owned(), ticks));
+        }
+    }
+    threads
+}
+
+/// The command name of a `stat` line: between the first `(` and the last `)`.
+fn thread_name(stat: &str) -> Option<&str> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    stat.get(open + 1..close)
+}
 
 /// One reading of the process.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -27,7 +129,7 @@ struct Sample {
 pub struct ProcessSampler {
     pid: u32,
     stop: mpsc::Sender<()>,
-    thread: JoinHandle<Vec<Sample>>,
+    thread: JoinHandle<(Vec<Sample>, ThreadLoad)>,
 }
 
 impl ProcessSampler {
@@ -39,19 +141,25 @@ impl ProcessSampler {
         let thread = std::thread::Builder::new()
             .name("proc-sampler".into())
             .spawn(move || {
+                let mut threads = ThreadLoad::default();
+                threads.observe(first.at, thread_ticks(pid));
                 let mut samples = vec![first];
                 // A disconnected or signalled channel ends the sampling.
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                     match sample(pid) {
-                        Ok(s) => samples.push(s),
+                        Ok(s) => {
+                            threads.observe(s.at, thread_ticks(pid));
+                            samples.push(s);
+                        }
                         // The process exited: what was sampled stands.
                         Err(_) => break,
                     }
                 }
                 if let Ok(last) = sample(pid) {
+                    threads.observe(last.at, thread_ticks(pid));
                     samples.push(last);
                 }
-                samples
+                (samples, threads)
             })?;
         Ok(Self { pid, stop, thread })
     }
@@ -59,8 +167,13 @@ impl ProcessSampler {
     /// Stops sampling and summarizes; `callers` divides the memory growth.
     pub fn finish(self, callers: usize) -> ServerResources {
         let _ = self.stop.send(());
-        let samples = self.thread.join().unwrap_or_default();
-        summarize(self.pid, &samples, callers)
+        let (samples, threads) = self.thread.join().unwrap_or_default();
+        let mut summary = summarize(self.pid, &samples, callers);
+        if let (Some(first), Some(last)) = (samples.first(), samples.last()) {
+            summary.busiest_threads =
+                threads.busiest(last.at.duration_since(first.at).as_secs_f64());
+        }
+        summary
     }
 }
 
@@ -132,6 +245,7 @@ fn summarize(pid: u32, samples: &[Sample], callers: usize) -> ServerResources {
         rss_per_caller_kib: peak.saturating_sub(first.rss_kib) as f64 / callers.max(1) as f64,
         mean_cpu_percent: cpu_percent(first, last),
         max_cpu_percent: max_cpu,
+        busiest_threads: Vec::new(),
     }
 }
 
@@ -145,6 +259,68 @@ mod tests {
                     150 37 0 0 20 0 9 0 123456 1000000 2000 18446744073709551615";
         assert_eq!(cpu_ticks(stat), Some(187));
         assert_eq!(cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn thread_cpu_adds_up_by_name_busiest_first() {
+        let now = Instant::now();
+        let at = |ms| now + Duration::from_millis(ms);
+        let ticks = |list: &[(u32, &str, u64)]| -> ThreadTicks {
+            list.iter()
+                .map(|&(tid, name, t)| (tid, (name.to_owned(), t)))
+                .collect()
+        };
+        let mut load = ThreadLoad::default();
+        load.observe(
+            at(0),
+            ticks(&[(1, "palaver-rtc", 1_000), (2, "worker", 10)]),
+        );
+        load.observe(
+            at(1_000),
+            ticks(&[
+                (1, "palaver-rtc", 1_095),
+                (2, "worker", 30),
+                (3, "worker", 20),
+            ]),
+        );
+        // Thread 2 exited; thread 3 goes on.
+        load.observe(
+            at(2_000),
+            ticks(&[(1, "palaver-rtc", 1_190), (3, "worker", 50)]),
+        );
+        let busiest = load.busiest(2.0);
+        let rows: Vec<(&str, usize, f64, f64)> = busiest
+            .iter()
+            .map(|t| {
+                (
+                    t.name.as_str(),
+                    t.threads,
+                    t.mean_cpu_percent.round(),
+                    t.max_cpu_percent.round(),
+                )
+            })
+            .collect();
+        // The driver: 190 ticks in 2 s, 95 % each second. The workers: 50
+        // ticks of thread 3 (born after the first sample) over 2 s, and 40
+        // of both in the first second (thread 2's last 20 are lost with it).
+        assert_eq!(
+            rows,
+            [("palaver-rtc", 1, 95.0, 95.0), ("worker", 1, 25.0, 40.0)]
+        );
+        assert_eq!(
+            thread_name("12 (actix-rt|system:0) S 1"),
+            Some("actix-rt|system:0")
+        );
+    }
+
+    #[test]
+    fn this_process_names_its_threads() {
+        let threads = thread_ticks(std::process::id());
+        assert!(!threads.is_empty());
+        assert!(
+            threads.values().all(|(name, _)| !name.is_empty()),
+            "{threads:?}"
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ use serde::Deserialize;
 use crate::chat::{self, ChatConfig};
 use crate::report::Report;
 use crate::rest::RunError;
-use crate::voice::{TurnInput, VoiceConfig};
+use crate::voice::{AssistantShape, TurnInput, VoiceConfig};
 use crate::voice_rtc::{self, RtcOptions};
 use crate::voice_ws;
 
@@ -84,6 +84,10 @@ pub struct VoiceTable {
     pub idle_timeout_seconds: Option<u64>,
     pub message: Option<String>,
     pub interruption: Option<String>,
+    /// The assistant the run creates (not with `assistant_id`).
+    pub first_message: Option<String>,
+    pub end_of_turn_ms: Option<u32>,
+    pub min_interruption_ms: Option<u32>,
     /// WebRTC only.
     pub decode_audio: Option<bool>,
     /// WebRTC only.
@@ -196,6 +200,11 @@ impl ScenarioFile {
                 interruption: v.interruption.unwrap_or(d.interruption),
                 server_pid: self.server_pid,
                 fake_providers_url: self.providers_url.clone(),
+                assistant: AssistantShape {
+                    first_message: v.first_message,
+                    end_of_turn_ms: v.end_of_turn_ms,
+                    min_interruption_ms: v.min_interruption_ms,
+                },
             };
             let rtc = (v.transport.unwrap_or_default() == VoiceTransport::Rtc).then(|| {
                 let d = RtcOptions::default();
@@ -276,6 +285,8 @@ mod tests {
             input = "typed"
             pause_ms = 250
             decode_audio = true
+            first_message = "Hello, front desk."
+            end_of_turn_ms = 300
 
             [chat]
             users = 40
@@ -294,6 +305,14 @@ mod tests {
         assert_eq!(voice.pause_between_turns, Duration::from_millis(250));
         assert_eq!(voice.turns, VoiceConfig::default().turns);
         assert_eq!(voice.server_pid, Some(42));
+        assert_eq!(
+            voice.assistant,
+            AssistantShape {
+                first_message: Some("Hello, front desk.".into()),
+                end_of_turn_ms: Some(300),
+                min_interruption_ms: None,
+            }
+        );
         let rtc = rtc.unwrap();
         assert!(rtc.decode_audio);
         assert_eq!(rtc.audio_queue, RtcOptions::default().audio_queue);

@@ -26,9 +26,12 @@
 //!
 //! A barge-in caller starts the utterance again after hearing
 //! `barge_in_after_frames` of the reply: `barge-in-stop` runs from that
-//! speech's first frame sent (its onset) to the cut reply's last frame
-//! received (it includes the assistant's `min_interruption_ms`), and the
-//! reply to the interruption is timed from the end of that speech.
+//! speech's onset to the cut reply's last frame received (it includes the
+//! assistant's `min_interruption_ms`), and the reply to the interruption is
+//! timed from the end of that speech. A frame sent at `t` carries the
+//! audio of `t − 20 ms … t`, as a microphone's would: speech ends when its
+//! last frame is sent, and begins one frame before its first frame is sent
+//! (the server counts `min_interruption_ms` of audio from there too).
 //!
 //! **Typed turns** ([`TurnInput::Typed`]): for every turn the caller sends a
 //! `user-message` and reads every event and audio frame as it arrives until
@@ -80,7 +83,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::fake_providers::FakeStats;
-use crate::report::{LatencyPoint, OpStats, ProviderFigures, Report, VoiceFigures};
+use crate::report::{CountPoint, LatencyPoint, OpStats, ProviderFigures, Report, VoiceFigures};
 use crate::resources::ProcessSampler;
 use crate::rest::{ApiClient, RunError};
 use crate::utterance::{Mic, MicEvent, MicFrame, Utterance};
@@ -104,6 +107,10 @@ pub const BARGE_IN_STOP: &str = "barge-in-stop";
 pub const INTERRUPTED_EVENT: &str = "interrupted-event";
 /// `end-session` sent → `session-ended`.
 pub const END_SESSION: &str = "end-session";
+/// Joining (the SDP offer posted, the WebSocket upgrade sent) → the first
+/// audio of the assistant's first message: what a caller waits before it
+/// hears anything. Only when the assistant greets.
+pub const SETUP: &str = "setup";
 /// `error` events from the server, by code (never latencies).
 pub const ERROR_EVENTS: &str = "error-events";
 
@@ -182,6 +189,47 @@ pub struct VoiceConfig {
     /// The fake providers' base URL (`http://…/v1`), to report their
     /// configured latency and the requests they answered.
     pub fake_providers_url: Option<String>,
+    /// The assistant the run creates (not with `assistant_id`).
+    pub assistant: AssistantShape,
+}
+
+/// What the assistant a run creates is like besides its providers (the
+/// `openai` adapters): the server's defaults where `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AssistantShape {
+    /// What it says first, before the caller's first turn: `setup` is
+    /// timed to its first audio.
+    pub first_message: Option<String>,
+    /// Silence that ends a caller's turn (the server's default: 500).
+    pub end_of_turn_ms: Option<u32>,
+    /// Speech that cuts into a reply (the server's default: 300).
+    pub min_interruption_ms: Option<u32>,
+}
+
+impl AssistantShape {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The `POST /v1/assistants` body.
+    fn body(&self) -> Value {
+        let mut body = json!({
+            "name": "loadtest voice",
+            "llm": {"provider": "openai", "model": "fake-1"},
+            "stt": {"provider": "openai", "model": "whisper-1"},
+            "tts": {"provider": "openai", "voice_id": "alloy"},
+        });
+        if let Some(text) = &self.first_message {
+            body["first_message"] = json!(text);
+        }
+        if let Some(ms) = self.end_of_turn_ms {
+            body["end_of_turn_ms"] = json!(ms);
+        }
+        if let Some(ms) = self.min_interruption_ms {
+            body["min_interruption_ms"] = json!(ms);
+        }
+        body
+    }
 }
 
 impl Default for VoiceConfig {
@@ -204,6 +252,7 @@ impl Default for VoiceConfig {
             interruption: "Sorry, how much is it?".to_owned(),
             server_pid: None,
             fake_providers_url: None,
+            assistant: AssistantShape::default(),
         }
     }
 }
@@ -234,6 +283,9 @@ struct VoiceStats {
     started: Option<Instant>,
     /// (seconds into the run, first audio in ms) of every reply.
     first_audio_over_time: Vec<LatencyPoint>,
+    /// Callers in a call (from creating their session to hanging up), once
+    /// a second.
+    sessions_over_time: Vec<CountPoint>,
 }
 
 impl VoiceStats {
@@ -711,6 +763,7 @@ async fn progress<T: Transport>(shared: Rc<Shared<T>>) {
             shared.started.elapsed(),
             &shared.phases.borrow(),
             &shared.stats.borrow(),
+            shared.phases.borrow().len() as u64 * u64::from(shared.config.turns),
         );
         let mut err = std::io::stderr().lock();
         // \r and "erase line": the status overwrites itself.
@@ -719,26 +772,34 @@ async fn progress<T: Transport>(shared: Rc<Shared<T>>) {
     }
 }
 
-/// Elapsed time, callers by what they do, turns, failures and the first
+/// A bar of the turns over (completed, or given up) out of `planned`,
+/// elapsed time, callers by what they do, turns, failures and the first
 /// audio percentiles so far.
-fn status_line(out: &mut String, elapsed: Duration, phases: &[&str], stats: &VoiceStats) {
+fn status_line(
+    out: &mut String,
+    elapsed: Duration,
+    phases: &[&str],
+    stats: &VoiceStats,
+    planned: u64,
+) {
     use std::fmt::Write;
-    let (mut waiting, mut in_call, mut done) = (0, 0, 0);
-    for phase in phases {
-        match *phase {
-            "waiting to start" => waiting += 1,
-            "done" => done += 1,
-            _ => in_call += 1,
-        }
-    }
+    const BAR: usize = 20;
+    let (waiting, in_call, done) = count_phases(phases);
     let failures: u64 = stats
         .ops
         .values()
         .map(|op| op.failures.values().sum::<u64>())
         .sum();
+    let over = (stats.turns_completed + stats.turns_not_run).min(planned);
+    let share = over as f64 / planned.max(1) as f64;
+    let filled = (share * BAR as f64).floor() as usize;
+    out.push('[');
+    out.extend(std::iter::repeat_n('#', filled));
+    out.extend(std::iter::repeat_n('.', BAR - filled));
     let _ = write!(
         out,
-        "{:>5.0} s · callers {in_call} in call, {waiting} waiting, {done} done · turns {} · failures {failures}",
+        "] {:>3.0} % {:>5.0} s · callers {in_call} in call, {waiting} waiting, {done} done · turns {} · failures {failures}",
+        share * 100.0,
         elapsed.as_secs_f64(),
         stats.turns_completed,
     );
@@ -755,6 +816,37 @@ fn status_line(out: &mut String, elapsed: Duration, phases: &[&str], stats: &Voi
             " · {label} p50 {:.1} ms, p99 {:.1} ms",
             s.p50_ms, s.p99_ms
         );
+    }
+}
+
+/// Callers (waiting to start, in a call, done) by their phases.
+fn count_phases(phases: &[&str]) -> (usize, usize, usize) {
+    let (mut waiting, mut in_call, mut done) = (0, 0, 0);
+    for phase in phases {
+        match *phase {
+            "waiting to start" => waiting += 1,
+            "done" => done += 1,
+            _ => in_call += 1,
+        }
+    }
+    (waiting, in_call, done)
+}
+
+/// Counts the callers in a call once a second, for the sessions-over-time
+/// chart (runs until aborted).
+async fn count_sessions<T: Transport>(shared: Rc<Shared<T>>) {
+    let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+    loop {
+        tick.tick().await;
+        let (_, in_call, _) = count_phases(&shared.phases.borrow());
+        shared
+            .stats
+            .borrow_mut()
+            .sessions_over_time
+            .push(CountPoint {
+                t_s: shared.started.elapsed().as_secs_f64(),
+                count: in_call,
+            });
     }
 }
 
@@ -940,19 +1032,8 @@ async fn call<T: Transport>(shared: &Shared<T>, index: usize, barges: bool) -> u
         }
     };
     shared.phase(index, "waiting for session.started");
-    match shared.wait_for(&mut line, "session.started").await {
-        Ok(at) => shared.record(T::CONNECT, at.saturating_duration_since(connecting)),
-        Err(reason) => {
-            shared.fail(T::CONNECT, reason);
-            shared.hang_up(index, line).await;
-            return 0;
-        }
-    }
-    shared.phase(index, "hearing the greeting");
-    if shared.greets
-        && let Err(reason) = shared.wait_for(&mut line, "assistant.done").await
-    {
-        shared.fail(T::CONNECT, format!("greeting: {reason}"));
+    if let Err((op, reason)) = join(shared, index, &mut line, connecting).await {
+        shared.fail(op, reason);
         shared.hang_up(index, line).await;
         return 0;
     }
@@ -1004,6 +1085,73 @@ async fn call<T: Transport>(shared: &Shared<T>, index: usize, barges: bool) -> u
     }
     shared.hang_up(index, line).await;
     attempted
+}
+
+/// Waits for `session.started` (timed from `connecting` as the transport's
+/// connect), then, when the assistant greets, hears its first message out:
+/// `setup` runs from `connecting` to that message's first audio (which may
+/// come before `session.started` over WebRTC: media and the data channel are
+/// separate paths). On failure, the operation that failed and why.
+async fn join<T: Transport>(
+    shared: &Shared<T>,
+    index: usize,
+    line: &mut T,
+    connecting: Instant,
+) -> Result<(), (&'static str, String)> {
+    let mut first_audio: Option<Instant> = None;
+    let mut started = false;
+    loop {
+        let waiting_for = if !started {
+            "session.started"
+        } else if first_audio.is_none() {
+            "the first message's audio"
+        } else {
+            "the first message's assistant.done"
+        };
+        let op = if started { SETUP } else { T::CONNECT };
+        let incoming = shared
+            .next(line, || waiting_for.to_owned())
+            .await
+            .map_err(|r| (op, r))?;
+        let (at, event) = match incoming {
+            Incoming::Audio(at) => {
+                shared.stats.borrow_mut().audio_frames += 1;
+                if first_audio.is_none() {
+                    first_audio = Some(at);
+                    if shared.greets {
+                        shared.record(SETUP, at.saturating_duration_since(connecting));
+                    }
+                }
+                continue;
+            }
+            Incoming::Event(at, event) => (at, event),
+        };
+        match event["type"].as_str().unwrap_or_default() {
+            "session.started" if !started => {
+                started = true;
+                shared.record(T::CONNECT, at.saturating_duration_since(connecting));
+                if !shared.greets {
+                    return Ok(());
+                }
+                shared.phase(index, "hearing the first message");
+            }
+            "assistant.done" if started => {
+                if first_audio.is_none() {
+                    return Err((SETUP, "the first message ended with no audio".to_owned()));
+                }
+                return Ok(());
+            }
+            "error" => shared.fail(ERROR_EVENTS, error_reason(&event)),
+            "session.ended" => {
+                let reason = event["reason"].as_str().unwrap_or("no reason");
+                return Err((
+                    op,
+                    format!("session ended ({reason}) while waiting for {waiting_for}"),
+                ));
+            }
+            _ => {}
+        }
+    }
 }
 
 /// A spoken caller's microphone and its 20 ms clock.
@@ -1063,7 +1211,9 @@ async fn spoken_turn<T: Transport>(
                 };
                 if onset && cutting_in {
                     cutting_in = false;
-                    probe.interruption_sent(at);
+                    // The speech began with this frame's audio, 20 ms
+                    // before it went out.
+                    probe.interruption_sent(at.checked_sub(FRAME_INTERVAL).unwrap_or(at));
                     shared.stats.borrow_mut().barge_ins_sent += 1;
                     shared.phase(index, "cutting in");
                 }
@@ -1172,6 +1322,15 @@ pub(crate) fn validate(config: &VoiceConfig) -> Result<(), RunError> {
             "the ramp is a number of callers per second, 0 or more".into(),
         ));
     }
+    if let Some(id) = config.assistant_id
+        && !config.assistant.is_default()
+    {
+        return Err(RunError::Config(format!(
+            "the first message, end-of-turn and interruption settings shape the assistant \
+             the run creates; assistant {id} is given: set them on it instead \
+             (PATCH /v1/assistants/{id})"
+        )));
+    }
     Ok(())
 }
 
@@ -1204,12 +1363,7 @@ pub(crate) async fn run<T: Transport>(
             // The OpenAI-compatible adapters for all three, so that a run
             // against the fake providers exercises the server's real
             // adapters (a new assistant's default is `local`).
-            let body = json!({
-                "name": "loadtest voice",
-                "llm": {"provider": "openai", "model": "fake-1"},
-                "stt": {"provider": "openai", "model": "whisper-1"},
-                "tts": {"provider": "openai", "voice_id": "alloy"},
-            });
+            let body = config.assistant.body();
             let (created, _) = api
                 .request(reqwest::Method::POST, "/v1/assistants", Some(body))
                 .await
@@ -1271,6 +1425,7 @@ pub(crate) async fn run<T: Transport>(
         .collect();
     let live = std::io::IsTerminal::is_terminal(&std::io::stderr())
         .then(|| tokio::task::spawn_local(progress(shared.clone())));
+    let counting = tokio::task::spawn_local(count_sessions(shared.clone()));
     // Every wait of a caller is bounded, but a transport may still hang (a
     // close that never returns): such callers are aborted, as failures.
     let give_up = shared.hard_stop + STUCK_GRACE;
@@ -1289,6 +1444,7 @@ pub(crate) async fn run<T: Transport>(
         }
     }
     let elapsed = started.elapsed();
+    counting.abort();
     if let Some(live) = live {
         live.abort();
         eprintln!();
@@ -1347,6 +1503,7 @@ pub(crate) async fn run<T: Transport>(
         server,
         load_generator,
         first_audio_over_time: stats.first_audio_over_time,
+        sessions_over_time: stats.sessions_over_time,
         rtc: None,
     };
     T::report(&shared.setup, &mut voice);
@@ -1384,23 +1541,26 @@ mod tests {
             ms(3_000),
             &["waiting to start", "connecting", "done"],
             &stats,
+            9,
         );
         assert_eq!(
             line,
-            "    3 s · callers 1 in call, 1 waiting, 1 done · turns 0 · failures 0"
+            "[....................]   0 %     3 s · callers 1 in call, 1 waiting, 1 done · turns 0 · failures 0"
         );
         stats.turns_completed = 4;
+        stats.turns_not_run = 1;
         stats.record("first-audio", ms(12));
         stats.fail("rtc-connect", "timed out");
         line.clear();
-        status_line(&mut line, ms(61_400), &["done"], &stats);
+        status_line(&mut line, ms(61_400), &["done"], &stats, 20);
         assert_eq!(
             line,
-            "   61 s · callers 0 in call, 0 waiting, 1 done · turns 4 · failures 1 · first audio p50 12.0 ms, p99 12.0 ms"
+            "[#####...............]  25 %    61 s · callers 0 in call, 0 waiting, 1 done · turns 4 · failures 1 · first audio p50 12.0 ms, p99 12.0 ms"
         );
         stats.record(VOICE_TO_VOICE, ms(480));
         line.clear();
-        status_line(&mut line, ms(62_000), &["done"], &stats);
+        status_line(&mut line, ms(62_000), &["done"], &stats, 5);
+        assert!(line.starts_with("[####################] 100 %"), "{line}");
         // Spoken runs show voice-to-voice instead.
         assert!(line.contains("· voice-to-voice p50 480."), "{line}");
         assert!(!line.contains("first audio"), "{line}");

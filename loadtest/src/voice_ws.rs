@@ -28,9 +28,9 @@ use crate::utterance::{MicFrame, Utterance};
 use crate::voice::{self, Incoming, Transport};
 
 pub use crate::voice::{
-    BARGE_IN_STOP, CREATE_SESSION, END_OF_TURN, END_SESSION, ERROR_EVENTS, FIRST_AUDIO, FIRST_TEXT,
-    FRAME_JITTER, HANG_UP, INTERRUPTED_EVENT, SERVER_V2V, TRANSPORT_OVERHEAD, TURN, TurnInput,
-    VOICE_TO_VOICE, VoiceConfig,
+    AssistantShape, BARGE_IN_STOP, CREATE_SESSION, END_OF_TURN, END_SESSION, ERROR_EVENTS,
+    FIRST_AUDIO, FIRST_TEXT, FRAME_JITTER, HANG_UP, INTERRUPTED_EVENT, SERVER_V2V, SETUP,
+    TRANSPORT_OVERHEAD, TURN, TurnInput, VOICE_TO_VOICE, VoiceConfig,
 };
 
 /// Connect → `session.started`.
