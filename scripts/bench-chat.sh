@@ -68,7 +68,7 @@ if [ "$nodes" = 2 ]; then
   second_pid=$!
   for _ in $(seq 1 100); do curl -sf "$second/readyz" | grep -q '"ready"' && break; sleep 0.1; done
   curl -sf "$second/readyz" | grep -q '"ready"' || { tail -n 20 "$work/server-b.log" >&2; exit 1; }
-  socket_args=(--socket-url "http://127.0.0.1:${PORT}" --socket-url "$second")
+  socket_args=(--socket-url "http://127.0.0.1:${PORT}" --socket-url "$second" --node-pid "$second_pid")
 fi
 PALAVER_REDIS_NODE_ID=a "$bin"/palaver serve 2>"$work/server.log" &
 server_pid=$!

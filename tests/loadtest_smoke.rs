@@ -453,6 +453,16 @@ async fn chat_scenario_delivers_every_message_to_every_other_member() {
     .unwrap();
     let table = report.table();
     println!("{table}");
+    let c = report.chat.as_ref().unwrap();
+    // Every socket was open from the first second, and all closed at the
+    // end; each second with deliveries has its p99.
+    assert_eq!(c.sockets_over_time.first().map(|p| p.count), Some(6));
+    assert_eq!(c.sockets_over_time.last().map(|p| p.count), Some(0));
+    assert!(!c.delivery_p99_over_time.is_empty());
+    assert!(c.delivery_p99_over_time.iter().all(|p| p.ms > 0.0));
+    let html = palaver_loadtest::html::render(&report);
+    assert!(html.contains("aria-label=\"sockets open over time\""));
+    assert!(html.contains("aria-label=\"delivery p99 ms per second over time\""));
     assert_recorded(
         &report,
         &[
@@ -549,6 +559,10 @@ async fn chat_across_two_nodes_delivers_every_message_through_redis() {
         max_duration: Duration::from_secs(30),
         drain: Duration::from_secs(10),
         socket_urls: vec![a.base.clone(), b.base.clone()],
+        // Both nodes live in this test process: sampled as the server and
+        // as the other node, each reported on its own.
+        server_pid: Some(std::process::id()),
+        node_pids: vec![std::process::id()],
         ..ChatConfig::default()
     })
     .await
@@ -556,6 +570,11 @@ async fn chat_across_two_nodes_delivers_every_message_through_redis() {
     let table = report.table();
     println!("{table}");
     let c = report.chat.as_ref().unwrap();
+    assert_eq!(c.nodes.len(), 1);
+    assert!(c.nodes[0].samples >= 2 && c.nodes[0].peak_rss_mib > 0.0);
+    assert!(table.contains("other node pid"), "{table}");
+    let html = palaver_loadtest::html::render(&report);
+    assert!(html.contains("<h2>Other node (pid"), "{html}");
     assert_eq!((c.messages_sent, c.messages_acked), (30, 30), "{table}");
     assert_eq!((c.deliveries, c.deliveries_missing), (60, 0), "{table}");
     assert!(report.operations[chat::CHAT_DELIVERY].p99_ms > 0.0);

@@ -42,7 +42,7 @@ use awc::ws::{Frame, Message};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 
-use crate::report::{ChatFigures, OpStats, Report};
+use crate::report::{ChatFigures, CountPoint, LatencyPoint, OpStats, Report};
 use crate::resources::ProcessSampler;
 use crate::rest::{ApiClient, RunError};
 
@@ -97,6 +97,9 @@ pub struct ChatConfig {
     pub message_chars: usize,
     /// Sample this process's CPU and memory (the server's pid).
     pub server_pid: Option<u32>,
+    /// The other nodes of a cluster (with `socket_urls`), sampled the
+    /// same way.
+    pub node_pids: Vec<u32>,
     /// Where the users' sockets connect (the nodes of a cluster): user `i`
     /// to `socket_urls[(i / rooms) % n]`, so every room spans the nodes and
     /// deliveries cross them; empty: `base_url`. Setup always goes through
@@ -119,6 +122,7 @@ impl Default for ChatConfig {
             drain: Duration::from_secs(5),
             message_chars: 60,
             server_pid: None,
+            node_pids: Vec::new(),
             socket_urls: Vec::new(),
         }
     }
@@ -155,6 +159,12 @@ struct ChatStats {
     presence_events: u64,
     /// When the last message was sent.
     last_send: Option<Instant>,
+    /// Deliveries since the last once-a-second point.
+    delivery_window: OpStats,
+    /// The p99 of each second's deliveries.
+    delivery_p99_over_time: Vec<LatencyPoint>,
+    /// Sockets open, once a second.
+    sockets_over_time: Vec<CountPoint>,
 }
 
 impl ChatStats {
@@ -228,10 +238,17 @@ struct ChatShared {
     budget: Cell<u64>,
     /// Users that stopped sending.
     users_done_sending: Cell<usize>,
+    /// Users whose socket is still open.
+    sockets_open: Cell<usize>,
     stats: RefCell<ChatStats>,
 }
 
 impl ChatShared {
+    fn socket_closed(&self) {
+        self.sockets_open
+            .set(self.sockets_open.get().saturating_sub(1));
+    }
+
     fn sending_over(&self) -> bool {
         self.users_done_sending.get() >= self.config.users
     }
@@ -289,7 +306,9 @@ impl ChatShared {
                 };
                 sent.delivered += 1;
                 stats.deliveries += 1;
-                stats.record(CHAT_DELIVERY, at.saturating_duration_since(sent.sent_at));
+                let latency = at.saturating_duration_since(sent.sent_at);
+                stats.record(CHAT_DELIVERY, latency);
+                stats.delivery_window.record(latency);
                 if sent.complete() {
                     in_flight.remove(marker);
                 }
@@ -482,6 +501,7 @@ async fn user(shared: Rc<ChatShared>, member: Member, mut socket: Socket) {
             Ok(Err(why)) => {
                 shared.stats.borrow_mut().fail(CHAT_SOCKET, why);
                 done_sending(&mut sending);
+                shared.socket_closed();
                 return;
             }
             Err(_) => {}
@@ -522,11 +542,81 @@ async fn user(shared: Rc<ChatShared>, member: Member, mut socket: Socket) {
         if let Err(why) = result {
             shared.stats.borrow_mut().fail(CHAT_SOCKET, why);
             done_sending(&mut sending);
+            shared.socket_closed();
             return;
         }
     }
     done_sending(&mut sending);
     let _ = socket.send(Message::Close(None)).await;
+    shared.socket_closed();
+}
+
+/// Once a second: the sockets open and the last second's delivery p99 for
+/// the report's time series, and (in a terminal) the status line. Runs
+/// until aborted.
+async fn every_second(shared: Rc<ChatShared>, live: bool) {
+    let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+    let mut line = String::with_capacity(160);
+    loop {
+        tick.tick().await;
+        let elapsed = shared.started.elapsed();
+        let t_s = elapsed.as_secs_f64();
+        let mut stats = shared.stats.borrow_mut();
+        let sockets = shared.sockets_open.get();
+        stats.sockets_over_time.push(CountPoint {
+            t_s,
+            count: sockets,
+        });
+        if stats.delivery_window.ok() > 0 {
+            let window = std::mem::take(&mut stats.delivery_window);
+            let p99_ms = window.summary(SAMPLE_INTERVAL).p99_ms;
+            stats
+                .delivery_p99_over_time
+                .push(LatencyPoint { t_s, ms: p99_ms });
+        }
+        if live {
+            line.clear();
+            let sending = shared.config.max_duration.as_secs_f64().max(1e-9);
+            chat_status_line(
+                &mut line,
+                elapsed,
+                (t_s / sending).min(1.0),
+                sockets,
+                &stats,
+            );
+            crate::report::show_status(&line);
+        }
+    }
+}
+
+/// A bar of the sending time gone, elapsed time, sockets, messages,
+/// deliveries, failures and the delivery percentiles so far.
+fn chat_status_line(
+    out: &mut String,
+    elapsed: Duration,
+    share: f64,
+    sockets: usize,
+    stats: &ChatStats,
+) {
+    use std::fmt::Write;
+    crate::report::progress_bar(out, share);
+    let failures = crate::report::failure_count(&stats.ops);
+    let _ = write!(
+        out,
+        " {:>5.0} s · sockets {sockets} open · sent {}, delivered {} of {} · failures {failures}",
+        elapsed.as_secs_f64(),
+        stats.messages_sent,
+        stats.deliveries,
+        stats.deliveries_expected,
+    );
+    if let Some(delivery) = stats.ops.get(CHAT_DELIVERY).filter(|o| o.ok() > 0) {
+        let s = delivery.summary(elapsed);
+        let _ = write!(
+            out,
+            " · delivery p50 {:.1} ms, p99 {:.1} ms",
+            s.p50_ms, s.p99_ms
+        );
+    }
 }
 
 /// Sends message `seq` and puts it in flight.
@@ -822,6 +912,12 @@ pub async fn run(config: ChatConfig) -> Result<Report, RunError> {
         .map(|pid| ProcessSampler::start(pid, SAMPLE_INTERVAL))
         .transpose()
         .map_err(RunError::Sampler)?;
+    let node_samplers = config
+        .node_pids
+        .iter()
+        .map(|&pid| ProcessSampler::start(pid, SAMPLE_INTERVAL))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(RunError::Sampler)?;
     let own_sampler = ProcessSampler::start(std::process::id(), SAMPLE_INTERVAL).ok();
     let started = Instant::now();
     let stop_sending = started + config.max_duration;
@@ -840,9 +936,12 @@ pub async fn run(config: ChatConfig) -> Result<Report, RunError> {
         in_flight: RefCell::new(HashMap::new()),
         budget: Cell::new(budget),
         users_done_sending: Cell::new(0),
+        sockets_open: Cell::new(users),
         stats,
         config,
     });
+    let live = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let ticking = tokio::task::spawn_local(every_second(shared.clone(), live));
     let tasks: Vec<_> = members
         .into_iter()
         .zip(connected)
@@ -857,8 +956,24 @@ pub async fn run(config: ChatConfig) -> Result<Report, RunError> {
         }
     }
     let elapsed = started.elapsed();
+    ticking.abort();
+    if live {
+        eprintln!();
+    }
 
     let mut stats = shared.stats.take();
+    // The last, partial second.
+    let t_s = elapsed.as_secs_f64();
+    if stats.delivery_window.ok() > 0 {
+        let p99_ms = stats.delivery_window.summary(SAMPLE_INTERVAL).p99_ms;
+        stats
+            .delivery_p99_over_time
+            .push(LatencyPoint { t_s, ms: p99_ms });
+    }
+    stats.sockets_over_time.push(CountPoint {
+        t_s,
+        count: shared.sockets_open.get(),
+    });
     let mut missing = 0u64;
     for sent in shared.in_flight.borrow().values() {
         if !sent.acked {
@@ -896,7 +1011,10 @@ pub async fn run(config: ChatConfig) -> Result<Report, RunError> {
         presence_sent: stats.presence_sent,
         presence_events: stats.presence_events,
         server: sampler.map(|s| s.finish(users)),
+        nodes: node_samplers.into_iter().map(|s| s.finish(users)).collect(),
         load_generator: own_sampler.map(|s| s.finish(users)),
+        delivery_p99_over_time: stats.delivery_p99_over_time,
+        sockets_over_time: stats.sockets_over_time,
     };
     Ok(Report {
         scenario: "chat".to_owned(),
@@ -916,6 +1034,25 @@ pub async fn run(config: ChatConfig) -> Result<Report, RunError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn the_status_line_shows_progress_sockets_deliveries_and_failures() {
+        let mut stats = ChatStats {
+            messages_sent: 12,
+            deliveries: 40,
+            deliveries_expected: 44,
+            ..ChatStats::default()
+        };
+        stats.record(CHAT_DELIVERY, Duration::from_millis(3));
+        stats.fail(CHAT_SOCKET, "closed");
+        let mut line = String::new();
+        chat_status_line(&mut line, Duration::from_secs(15), 0.5, 19, &stats);
+        assert_eq!(
+            line,
+            "[##########..........]  50 %    15 s · sockets 19 open · sent 12, delivered 40 of 44 \
+             · failures 1 · delivery p50 3.0 ms, p99 3.0 ms"
+        );
+    }
 
     #[test]
     fn markers_name_their_sender_and_survive_the_body() {

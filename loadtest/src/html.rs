@@ -6,7 +6,9 @@
 
 use std::fmt::Write;
 
-use crate::report::{Bucket, OpSummary, Report, ResourcePoint, ServerResources};
+use crate::report::{
+    Bucket, CountPoint, LatencyPoint, OpSummary, Report, ResourcePoint, ServerResources,
+};
 
 /// The report as one HTML document.
 pub fn render(report: &Report) -> String {
@@ -24,35 +26,49 @@ pub fn render(report: &Report) -> String {
     );
     summary(&mut out, report);
     operations(&mut out, report);
+    let latency = |points: &[LatencyPoint]| -> Vec<(f64, f64)> {
+        points.iter().map(|p| (p.t_s, p.ms)).collect()
+    };
+    let count = |points: &[CountPoint]| -> Vec<(f64, f64)> {
+        points.iter().map(|p| (p.t_s, p.count as f64)).collect()
+    };
+    let mut timelines = Vec::new();
     if let Some(voice) = &report.voice {
-        let first_audio: Vec<(f64, f64)> = voice
-            .first_audio_over_time
-            .iter()
-            .map(|p| (p.t_s, p.ms))
-            .collect();
-        let sessions: Vec<(f64, f64)> = voice
-            .sessions_over_time
-            .iter()
-            .map(|p| (p.t_s, p.count as f64))
-            .collect();
-        for (title, label, points, mark) in [
+        timelines.extend([
             (
                 "First audio over the run",
                 "first audio ms",
-                first_audio,
+                latency(&voice.first_audio_over_time),
                 Mark::Dots,
             ),
             (
                 "Sessions over the run",
                 "callers in a call",
-                sessions,
+                count(&voice.sessions_over_time),
                 Mark::Line,
             ),
-        ] {
-            if !points.is_empty() {
-                let _ = writeln!(out, "<h2>{title}</h2>");
-                chart(&mut out, label, &points, mark);
-            }
+        ]);
+    }
+    if let Some(chat) = &report.chat {
+        timelines.extend([
+            (
+                "Chat delivery over the run",
+                "delivery p99 ms per second",
+                latency(&chat.delivery_p99_over_time),
+                Mark::Line,
+            ),
+            (
+                "Chat sockets over the run",
+                "sockets open",
+                count(&chat.sockets_over_time),
+                Mark::Line,
+            ),
+        ]);
+    }
+    for (title, label, points, mark) in timelines {
+        if !points.is_empty() {
+            let _ = writeln!(out, "<h2>{title}</h2>");
+            chart(&mut out, label, &points, mark);
         }
     }
     let processes = match (&report.voice, &report.chat) {
@@ -61,10 +77,14 @@ pub fn render(report: &Report) -> String {
         (None, None) => None,
     };
     if let Some((server, load_generator)) = processes {
-        for (name, resources) in [("Server", server), ("Load generator", load_generator)] {
-            if let Some(r) = resources {
-                resources_section(&mut out, name, r);
-            }
+        if let Some(r) = server {
+            resources_section(&mut out, "Server", r);
+        }
+        for node in report.chat.iter().flat_map(|c| &c.nodes) {
+            resources_section(&mut out, "Other node", node);
+        }
+        if let Some(r) = load_generator {
+            resources_section(&mut out, "Load generator", r);
         }
     }
     out.push_str("</body></html>\n");
@@ -383,7 +403,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::report::{CountPoint, LatencyPoint, VoiceFigures};
+    use crate::report::VoiceFigures;
 
     fn op(p50: f64, failed: u64, failures: &[(&str, u64)]) -> OpSummary {
         let mut stats = crate::report::OpStats::new();

@@ -175,6 +175,10 @@ struct ChatArgs {
     /// Sample this process (the server) for CPU and RSS once a second.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Also sample this process, another node of the cluster (repeat the
+    /// flag for more).
+    #[arg(long = "node-pid")]
+    node_pids: Vec<u32>,
     /// Connect the users' sockets to these nodes of a cluster, round robin
     /// (repeat the flag; setup still goes through --url): deliveries cross
     /// nodes. Default: --url.
@@ -203,6 +207,7 @@ impl ChatArgs {
             drain: Duration::from_secs(self.drain_seconds),
             message_chars: self.message_chars,
             server_pid: self.server_pid,
+            node_pids: self.node_pids,
             socket_urls: self.socket_urls,
         };
         (

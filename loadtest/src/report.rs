@@ -191,8 +191,16 @@ pub struct ChatFigures {
     /// The server process (when its pid was given, chat-only runs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerResources>,
+    /// The cluster's other nodes whose pids were given (`users` divides
+    /// each one's memory growth: it is the whole run's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<ServerResources>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_generator: Option<ServerResources>,
+    /// The p99 of each second's deliveries: latency over the run.
+    pub delivery_p99_over_time: Vec<LatencyPoint>,
+    /// Users' sockets open, once a second.
+    pub sockets_over_time: Vec<CountPoint>,
 }
 
 /// Counts of a voice run, the providers' configured latency and the
@@ -554,10 +562,11 @@ fn chat_lines(c: &ChatFigures) -> String {
         c.presence_sent,
         c.presence_events,
     );
-    out.push_str(&resource_lines(&[
-        ("server", &c.server),
-        ("load generator", &c.load_generator),
-    ]));
+    out.push_str(&resource_lines(&[("server", &c.server)]));
+    for node in &c.nodes {
+        out.push_str(&resource_lines(&[("other node", &Some(node.clone()))]));
+    }
+    out.push_str(&resource_lines(&[("load generator", &c.load_generator)]));
     out
 }
 
@@ -585,6 +594,34 @@ fn resource_lines(processes: &[(&str, &Option<ServerResources>)]) -> String {
         }
     }
     out
+}
+
+/// Overwrites the terminal's status line on stderr with `line` (`\r` and
+/// "erase line").
+pub fn show_status(line: &str) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = write!(err, "\r\x1b[2K{line}");
+    let _ = err.flush();
+}
+
+/// Failures over all operations.
+pub fn failure_count(ops: &BTreeMap<&'static str, OpStats>) -> u64 {
+    ops.values()
+        .map(|op| op.failures.values().sum::<u64>())
+        .sum()
+}
+
+/// `[####......]  40 %`: `share` (0 to 1) of 20 cells, for status lines.
+pub fn progress_bar(out: &mut String, share: f64) {
+    use std::fmt::Write;
+    const CELLS: usize = 20;
+    let share = share.clamp(0.0, 1.0);
+    let filled = (share * CELLS as f64).floor() as usize;
+    out.push('[');
+    out.extend(std::iter::repeat_n('#', filled));
+    out.extend(std::iter::repeat_n('.', CELLS - filled));
+    let _ = write!(out, "] {:>3.0} %", share * 100.0);
 }
 
 /// `name ×n mean % (max %)`, comma separated, for the table and the page.

@@ -231,6 +231,7 @@ impl ScenarioFile {
                 message_chars: c.message_chars.unwrap_or(d.message_chars),
                 // In a mixed run the voice run samples the server.
                 server_pid: if both { None } else { self.server_pid },
+                node_pids: Vec::new(),
                 socket_urls: c.socket_urls.unwrap_or_default(),
             }
         });

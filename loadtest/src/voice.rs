@@ -752,7 +752,6 @@ struct Shared<T: Transport> {
 /// goes (only when stderr is a terminal: logs and CI get the final report
 /// alone).
 async fn progress<T: Transport>(shared: Rc<Shared<T>>) {
-    use std::io::Write;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut line = String::with_capacity(160);
     loop {
@@ -765,10 +764,7 @@ async fn progress<T: Transport>(shared: Rc<Shared<T>>) {
             &shared.stats.borrow(),
             shared.phases.borrow().len() as u64 * u64::from(shared.config.turns),
         );
-        let mut err = std::io::stderr().lock();
-        // \r and "erase line": the status overwrites itself.
-        let _ = write!(err, "\r\x1b[2K{line}");
-        let _ = err.flush();
+        crate::report::show_status(&line);
     }
 }
 
@@ -783,23 +779,13 @@ fn status_line(
     planned: u64,
 ) {
     use std::fmt::Write;
-    const BAR: usize = 20;
     let (waiting, in_call, done) = count_phases(phases);
-    let failures: u64 = stats
-        .ops
-        .values()
-        .map(|op| op.failures.values().sum::<u64>())
-        .sum();
+    let failures = crate::report::failure_count(&stats.ops);
     let over = (stats.turns_completed + stats.turns_not_run).min(planned);
-    let share = over as f64 / planned.max(1) as f64;
-    let filled = (share * BAR as f64).floor() as usize;
-    out.push('[');
-    out.extend(std::iter::repeat_n('#', filled));
-    out.extend(std::iter::repeat_n('.', BAR - filled));
+    crate::report::progress_bar(out, over as f64 / planned.max(1) as f64);
     let _ = write!(
         out,
-        "] {:>3.0} % {:>5.0} s · callers {in_call} in call, {waiting} waiting, {done} done · turns {} · failures {failures}",
-        share * 100.0,
+        " {:>5.0} s · callers {in_call} in call, {waiting} waiting, {done} done · turns {} · failures {failures}",
         elapsed.as_secs_f64(),
         stats.turns_completed,
     );
