@@ -225,6 +225,8 @@ enum Command {
     },
     ClaimSession(SessionId),
     ReleaseSession(SessionId),
+    /// Answered once every command queued before it is carried out.
+    Settled(tokio::sync::oneshot::Sender<()>),
 }
 
 /// The cluster's background work, started once the room hub and the live
@@ -351,6 +353,18 @@ impl Cluster {
     /// hear of it if the cluster-wide status changes.
     pub fn presence_changed(&self, user: UserId, local: Status, peers: Vec<UserId>) {
         self.command(Command::Presence { user, local, peers });
+    }
+
+    /// Waits until the presence changes and session claims queued so far
+    /// are written to Redis (or have failed), at most [`REDIS_TIMEOUT`]. A
+    /// rooms connection is told `connected` only after this: before its
+    /// presence is in Redis, no other node routes room events to it, and
+    /// a message sent to it at once would be lost on the way.
+    pub async fn settled(&self) {
+        let (done, settled) = tokio::sync::oneshot::channel();
+        if self.inner.commands.try_send(Command::Settled(done)).is_ok() {
+            let _ = tokio::time::timeout(REDIS_TIMEOUT, settled).await;
+        }
     }
 
     /// This node runs session `id` now.
@@ -528,30 +542,58 @@ impl ClusterTasks {
     }
 }
 
+/// Room events one publisher round trip may carry.
+const PUBLISH_BATCH: usize = 64;
+
 /// Publishes room events in order, each to the nodes where its recipients
-/// are connected ([`FAN_OUT`]: one round trip per event).
+/// are connected ([`FAN_OUT`]). What queued up while the previous round
+/// trip was out goes in one pipeline (up to [`PUBLISH_BATCH`]), so a busy
+/// node pays one round trip per batch, not per event; an idle one still
+/// sends each event at once.
 async fn publisher(cluster: Cluster, mut outbound: mpsc::Receiver<Outbound>) {
-    while let Some(Outbound {
-        recipients,
-        message,
-    }) = outbound.recv().await
-    {
-        let mut script = FAN_OUT_SCRIPT.prepare_invoke();
-        for user in recipients {
-            script.key(presence_key(user));
-        }
-        script.arg(message).arg(cluster.node()).arg(BUS_PREFIX);
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    while outbound.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+        let events = batch.len() as u64;
+        let invocations: Vec<redis::ScriptInvocation<'static>> = batch
+            .drain(..)
+            .map(
+                |Outbound {
+                     recipients,
+                     message,
+                 }| {
+                    let mut script = FAN_OUT_SCRIPT.prepare_invoke();
+                    for user in recipients {
+                        script.key(presence_key(user));
+                    }
+                    script.arg(message).arg(cluster.node()).arg(BUS_PREFIX);
+                    script
+                },
+            )
+            .collect();
         let result = cluster
             .redis(|mut c| async move {
-                let nodes: i64 = script.invoke_async(&mut c).await?;
-                Ok(nodes)
+                let mut pipe = redis::pipe();
+                for invocation in &invocations {
+                    pipe.invoke_script(invocation);
+                }
+                match pipe.query_async::<Vec<i64>>(&mut c).await {
+                    // A restarted Redis has forgotten the script: no event
+                    // of the batch ran, so load it and send them again.
+                    Err(err) if err.kind() == redis::ErrorKind::NoScriptError => {
+                        FAN_OUT_SCRIPT.prepare_invoke().load_async(&mut c).await?;
+                        pipe.query_async(&mut c).await
+                    }
+                    other => other,
+                }
             })
             .await;
         match result {
             Ok(nodes) => {
-                metrics::counter!("palaver_cluster_bus_sent_total").increment(nodes.max(0) as u64)
+                let sent: i64 = nodes.iter().map(|n| n.max(&0)).sum();
+                metrics::counter!("palaver_cluster_bus_sent_total").increment(sent as u64);
+                metrics::counter!("palaver_cluster_publish_round_trips_total").increment(1);
             }
-            Err(_) => metrics::counter!("palaver_cluster_bus_dropped_total").increment(1),
+            Err(_) => metrics::counter!("palaver_cluster_bus_dropped_total").increment(events),
         }
     }
 }
@@ -710,6 +752,9 @@ impl Coordinator {
                     .cluster
                     .redis(|mut c| async move { c.del::<_, ()>(session_key(id)).await })
                     .await;
+            }
+            Command::Settled(done) => {
+                let _ = done.send(());
             }
         }
     }

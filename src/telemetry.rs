@@ -98,6 +98,10 @@ fn describe() {
         "Room events this node published to other nodes, counted once per receiving node"
     );
     metrics::describe_counter!(
+        "palaver_cluster_publish_round_trips_total",
+        "Redis round trips that published room events (several events each when they queue up)"
+    );
+    metrics::describe_counter!(
         "palaver_cluster_bus_received_total",
         "Room events and hang-ups this node received from other nodes"
     );

@@ -94,6 +94,26 @@ impl Redis {
             && &reply == b"+PONG\r\n"
     }
 
+    /// `HGET key field` over a plain socket (RESP), `None` when absent.
+    fn hget(&self, key: &str, field: &str) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let command = format!(
+            "*3\r\n$4\r\nHGET\r\n${}\r\n{key}\r\n${}\r\n{field}\r\n",
+            key.len(),
+            field.len()
+        );
+        stream.write_all(command.as_bytes()).ok()?;
+        let mut reader = BufReader::new(stream);
+        let mut header = String::new();
+        reader.read_line(&mut header).ok()?;
+        // `$-1` (absent) or `$<len>` then the value.
+        let len: usize = header.trim_end().strip_prefix('$')?.parse().ok()?;
+        let mut value = String::new();
+        reader.read_line(&mut value).ok()?;
+        Some(value.trim_end().chars().take(len).collect())
+    }
+
     /// Kills the server: every key is gone with it.
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -650,4 +670,43 @@ async fn losing_redis_degrades_to_node_local_and_both_nodes_recover_when_it_retu
             .any(|m| m["id"] == during),
         "{history}"
     );
+}
+
+#[actix_web::test]
+async fn a_rooms_connection_is_routable_from_every_node_once_it_is_told_connected() {
+    let (admin, redis, a, b) = cluster().await;
+    let t = admin.tenant("routable").await;
+    let (_, alice_t) = admin.user(t.org, Role::Member).await;
+    let mut members = Vec::new();
+    for _ in 0..30 {
+        members.push(admin.user(t.org, Role::Member).await);
+    }
+    let ids: Vec<i64> = members.iter().map(|(id, _)| id.0).collect();
+    let room = group(&admin, &alice_t, &ids).await;
+    let mut alice_ws = Client::connect(a.addr, &alice_t).await;
+    // Thirty connect to b at once. Other nodes find a user by its presence
+    // in Redis: the moment each hears `connected`, b's field must be
+    // there, or a message sent to it right then would never leave a.
+    let joined = futures_util::future::join_all(members.iter().map(|(id, token)| {
+        let redis = &redis;
+        let b = &b;
+        async move {
+            let ws = Client::connect(b.addr, token).await;
+            let field = redis.hget(&format!("palaver:presence:{}", id.0), "b");
+            (ws, field)
+        }
+    }))
+    .await;
+    let mut sockets = Vec::new();
+    for (ws, field) in joined {
+        assert_eq!(field.as_deref(), Some("online"));
+        sockets.push(ws);
+    }
+    alice_ws
+        .send(json!({ "type": "send", "room_id": room, "body": "welcome all", "idempotency_key": "a-1" }))
+        .await;
+    for ws in &mut sockets {
+        ws.expect("message.new", |e| e["message"]["body"] == "welcome all")
+            .await;
+    }
 }

@@ -159,11 +159,15 @@ async fn run_socket(
     };
     let connection = connected.connection;
     tracing::info!(user = %user, org = %org, connection, "rooms WebSocket connected");
-    let presence = if state.cluster.is_some() {
-        // Peers connected to other nodes count too.
-        state.rooms.presence(peers_now).await
-    } else {
-        connected.presence
+    let presence = match &state.cluster {
+        Some(cluster) => {
+            // Routable from every node before it is told `connected` (its
+            // presence is how other nodes find it); then peers connected
+            // to other nodes count too.
+            cluster.settled().await;
+            state.rooms.presence(peers_now).await
+        }
+        None => connected.presence,
     };
     let hello = json!({
         "type": "connected",
