@@ -348,7 +348,9 @@
       } else if (el.hasAttribute('data-json')) {
         el.value = v === undefined ? '{}' : JSON.stringify(v, null, 0);
       } else if (el.tagName === 'SELECT') {
-        el.value = v === undefined ? 'openai' : String(v);
+        // A new assistant starts where the API's would: the first option,
+        // `local` (the embedded engines, no key needed).
+        el.value = v === undefined ? el.options[0].value : String(v);
       } else {
         el.value = v === undefined || v === null ? '' : String(v);
         if (el.dataset.field.endsWith('model') || el.dataset.field === 'tts.voice_id') {

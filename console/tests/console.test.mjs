@@ -148,8 +148,15 @@ test('sign in, edit an assistant, talk to it over WebRTC, cut it off, read the t
     await page.getByRole('button', { name: 'Sign in with key' }).click();
     await page.locator('#app').waitFor();
 
+    // A new assistant's providers start at the API's default, the embedded
+    // engines.
+    for (const port of ['llm', 'stt', 'tts']) {
+      assert.equal(await page.locator(`[data-field="${port}.provider"]`).inputValue(), 'local', port);
+    }
+
     // The server's validation message lands next to the field it names.
     await page.getByLabel('Name', { exact: true }).fill('Front desk');
+    await page.locator('[data-field="llm.provider"]').selectOption('openai');
     await page.locator('[data-field="llm.model"]').fill('fake-1');
     await page.locator('[data-field="stt.provider"]').selectOption('openai');
     await page.locator('[data-field="tts.provider"]').selectOption('openai');
