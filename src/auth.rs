@@ -120,29 +120,39 @@ pub fn burn_password_check(password: &str) {
 /// Not the async runtime's blocking pool: a password hash takes 19 MiB, and
 /// glibc keeps what a thread freed in that thread's arena, so a burst of
 /// sign-ups spread over dozens of blocking threads left that much resident
-/// per thread (~1.8 GiB after 200 sign-ups). Two threads keep it to two
-/// arenas, and argon2 is CPU-bound anyway: more threads than cores would
-/// not hash faster.
+/// per thread (~1.8 GiB after 200 sign-ups). One thread per core (at most
+/// four) keeps it to that many arenas, and argon2 is CPU-bound anyway: more
+/// threads than cores would not hash faster.
 fn hashing_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4))
 }
 
+/// Argon2 jobs waiting for a thread; past this, requests are refused
+/// ([`HashingFailed::Busy`]) rather than queued for ever.
+const HASHING_QUEUE: usize = 512;
+
 /// Why argon2 work did not give an answer.
 #[derive(Debug, thiserror::Error)]
-#[error("the argon2 work panicked or its threads could not start")]
-pub struct HashingFailed;
+pub enum HashingFailed {
+    #[error("too many password and key checks waiting; retry shortly")]
+    Busy,
+    #[error("the argon2 work panicked")]
+    Panicked,
+}
 
 type HashingJob = Box<dyn FnOnce() + Send>;
 
 /// Runs `work` (argon2) on the hashing threads and waits for it without
-/// blocking the caller's thread; requests queue in order when all are busy.
+/// blocking the caller's thread; requests queue in order when all are busy,
+/// and a request whose caller went away meanwhile is skipped. Should the
+/// threads fail to start, the work runs on the blocking pool instead.
 pub async fn off_thread<R: Send + 'static>(
     work: impl FnOnce() -> R + Send + 'static,
 ) -> Result<R, HashingFailed> {
-    static JOBS: std::sync::OnceLock<Option<std::sync::mpsc::Sender<HashingJob>>> =
+    static JOBS: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<HashingJob>>> =
         std::sync::OnceLock::new();
     let jobs = JOBS.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel::<HashingJob>();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<HashingJob>(HASHING_QUEUE);
         let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
         let mut started = 0;
         for n in 0..hashing_threads() {
@@ -169,15 +179,23 @@ pub async fn off_thread<R: Send + 'static>(
         }
         (started > 0).then_some(tx)
     });
+    let Some(jobs) = jobs else {
+        return tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|_| HashingFailed::Panicked);
+    };
     let (reply, answer) = tokio::sync::oneshot::channel();
     let job: HashingJob = Box::new(move || {
-        let _ = reply.send(work());
+        // The request was dropped (the client went away): no one to answer.
+        if !reply.is_closed() {
+            let _ = reply.send(work());
+        }
     });
-    jobs.as_ref()
-        .ok_or(HashingFailed)?
-        .send(job)
-        .map_err(|_| HashingFailed)?;
-    answer.await.map_err(|_| HashingFailed)
+    jobs.try_send(job).map_err(|err| match err {
+        std::sync::mpsc::TrySendError::Full(_) => HashingFailed::Busy,
+        std::sync::mpsc::TrySendError::Disconnected(_) => HashingFailed::Panicked,
+    })?;
+    answer.await.map_err(|_| HashingFailed::Panicked)
 }
 
 /// API keys verified recently, so a busy key costs one argon2 check per

@@ -361,6 +361,11 @@ impl Cluster {
     /// presence is in Redis, no other node routes room events to it, and
     /// a message sent to it at once would be lost on the way.
     pub async fn settled(&self) {
+        // Without Redis nothing routes to anyone, and the queue may be
+        // stuck behind calls timing out: no reason to wait.
+        if lock(&self.inner.health).failure.is_some() {
+            return;
+        }
         let (done, settled) = tokio::sync::oneshot::channel();
         if self.inner.commands.try_send(Command::Settled(done)).is_ok() {
             let _ = tokio::time::timeout(REDIS_TIMEOUT, settled).await;
@@ -571,31 +576,57 @@ async fn publisher(cluster: Cluster, mut outbound: mpsc::Receiver<Outbound>) {
             )
             .collect();
         let result = cluster
-            .redis(|mut c| async move {
-                let mut pipe = redis::pipe();
-                for invocation in &invocations {
-                    pipe.invoke_script(invocation);
-                }
-                match pipe.query_async::<Vec<i64>>(&mut c).await {
-                    // A restarted Redis has forgotten the script: no event
-                    // of the batch ran, so load it and send them again.
-                    Err(err) if err.kind() == redis::ErrorKind::NoScriptError => {
-                        FAN_OUT_SCRIPT.prepare_invoke().load_async(&mut c).await?;
-                        pipe.query_async(&mut c).await
-                    }
-                    other => other,
-                }
-            })
+            .redis(|mut c| async move { fan_out_batch(&mut c, &invocations).await })
             .await;
         match result {
-            Ok(nodes) => {
-                let sent: i64 = nodes.iter().map(|n| n.max(&0)).sum();
-                metrics::counter!("palaver_cluster_bus_sent_total").increment(sent as u64);
+            Ok((sent, failed)) => {
+                metrics::counter!("palaver_cluster_bus_sent_total").increment(sent);
                 metrics::counter!("palaver_cluster_publish_round_trips_total").increment(1);
+                if failed > 0 {
+                    metrics::counter!("palaver_cluster_bus_dropped_total").increment(failed);
+                }
             }
             Err(_) => metrics::counter!("palaver_cluster_bus_dropped_total").increment(events),
         }
     }
+}
+
+/// Runs a batch of [`FAN_OUT`] invocations as one pipeline; returns the
+/// nodes published to and the events that failed. The pipeline is not
+/// atomic, so each answer is read on its own: the events a restarted
+/// Redis answered NOSCRIPT for (and only those; another node may have
+/// loaded the script in the middle of the batch) are sent again, after
+/// loading the script, behind the rest.
+async fn fan_out_batch(
+    c: &mut deadpool_redis::Connection,
+    invocations: &[redis::ScriptInvocation<'static>],
+) -> redis::RedisResult<(u64, u64)> {
+    let mut pending: Vec<&redis::ScriptInvocation<'static>> = invocations.iter().collect();
+    let (mut sent, mut failed) = (0u64, 0u64);
+    for attempt in 0..2 {
+        let mut pipe = redis::pipe();
+        for invocation in &pending {
+            pipe.invoke_script(invocation);
+        }
+        let answers =
+            redis::aio::ConnectionLike::req_packed_commands(c, &pipe, 0, pending.len()).await?;
+        let mut unknown_script = Vec::new();
+        for (invocation, answer) in pending.iter().zip(answers) {
+            match answer {
+                redis::Value::Int(nodes) => sent += nodes.max(0) as u64,
+                redis::Value::ServerError(err) if err.code() == "NOSCRIPT" && attempt == 0 => {
+                    unknown_script.push(*invocation);
+                }
+                _ => failed += 1,
+            }
+        }
+        if unknown_script.is_empty() {
+            break;
+        }
+        FAN_OUT_SCRIPT.prepare_invoke().load_async(c).await?;
+        pending = unknown_script;
+    }
+    Ok((sent, failed))
 }
 
 /// Holds the bus subscription, reconnecting while Redis is away, and hands

@@ -423,6 +423,8 @@ pub struct Conversation {
     last_input: Millis,
     /// The first message, until the caller's media connects.
     first_message_waiting: Option<String>,
+    /// [`ConversationConfig::wait_for_media`], until it connects.
+    awaiting_media: bool,
 }
 
 impl Conversation {
@@ -437,6 +439,7 @@ impl Conversation {
                 content: config.system_prompt.clone(),
             });
         }
+        let awaiting_media = config.wait_for_media;
         let mut conversation = Self {
             config,
             phase: Phase::Listening,
@@ -450,6 +453,7 @@ impl Conversation {
             last_activity: 0,
             last_input: 0,
             first_message_waiting: None,
+            awaiting_media,
         };
         if let Some(first) = conversation.config.first_message.clone() {
             if conversation.config.wait_for_media {
@@ -489,11 +493,15 @@ impl Conversation {
     /// the caller already took the first turn (typed before the audio came
     /// up), which it would only talk over.
     fn on_media_connected(&mut self, now: Millis) {
+        if !std::mem::take(&mut self.awaiting_media) {
+            return;
+        }
+        // The caller's idle time starts now, not at the offer.
+        self.last_activity = self.last_activity.max(now);
         let Some(first) = self.first_message_waiting.take() else {
             return;
         };
         if self.phase == Phase::Listening && self.reply.is_none() && self.utterance.is_none() {
-            self.last_activity = now;
             self.say_first_message(now, first);
         }
     }

@@ -556,6 +556,8 @@ async fn user(shared: Rc<ChatShared>, member: Member, mut socket: Socket) {
 /// until aborted.
 async fn every_second(shared: Rc<ChatShared>, live: bool) {
     let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+    // After a stall, one point, not a burst of them at the same moment.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut line = String::with_capacity(160);
     loop {
         tick.tick().await;

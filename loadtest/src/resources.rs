@@ -21,13 +21,16 @@ const BUSIEST_THREADS: usize = 6;
 /// CPU ticks of each thread (by id) with its name, at one moment.
 type ThreadTicks = HashMap<u32, (String, u64)>;
 
-/// Per thread name: CPU ticks over the run, threads seen, and the busiest
-/// interval's share of one core.
+/// Per thread name: CPU ticks over the run (summed interval by interval, so
+/// a thread that exits keeps what it spent until its last sample), the most
+/// threads of that name seen at once, and the busiest interval's share of
+/// one core.
 #[derive(Debug, Default)]
 struct ThreadLoad {
-    first: ThreadTicks,
     previous: ThreadTicks,
     previous_at: Option<Instant>,
+    ticks: BTreeMap<String, u64>,
+    counts: BTreeMap<String, usize>,
     max_percent: BTreeMap<String, f64>,
 }
 
@@ -35,15 +38,19 @@ impl ThreadLoad {
     fn observe(&mut self, at: Instant, now: ThreadTicks) {
         if let Some(before) = self.previous_at {
             let wall = at.duration_since(before).as_secs_f64();
-            if wall > 0.0 {
-                for (name, ticks) in by_name(&self.previous, &now).0 {
+            let (ticks, counts) = by_name(&self.previous, &now);
+            for (name, count) in counts {
+                let most = self.counts.entry(name).or_default();
+                *most = (*most).max(count);
+            }
+            for (name, ticks) in ticks {
+                *self.ticks.entry(name.clone()).or_default() += ticks;
+                if wall > 0.0 {
                     let percent = ticks as f64 / USER_HZ / wall * 100.0;
                     let max = self.max_percent.entry(name).or_default();
                     *max = max.max(percent);
                 }
             }
-        } else {
-            self.first = now.clone();
         }
         self.previous = now;
         self.previous_at = Some(at);
@@ -54,11 +61,12 @@ impl ThreadLoad {
         if wall <= 0.0 {
             return Vec::new();
         }
-        let (ticks, counts) = by_name(&self.first, &self.previous);
-        let mut threads: Vec<ThreadCpu> = ticks
-            .into_iter()
+        let mut threads: Vec<ThreadCpu> = self
+            .ticks
+            .iter()
+            .map(|(name, &ticks)| (name.clone(), ticks))
             .map(|(name, ticks)| ThreadCpu {
-                threads: counts.get(&name).copied().unwrap_or(1),
+                threads: self.counts.get(&name).copied().unwrap_or(1),
                 mean_cpu_percent: ticks as f64 / USER_HZ / wall * 100.0,
                 max_cpu_percent: self.max_percent.get(&name).copied().unwrap_or(0.0),
                 name,
@@ -80,7 +88,12 @@ fn by_name(
     let mut ticks = BTreeMap::new();
     let mut counts = BTreeMap::new();
     for (tid, (name, now)) in after {
-        let then = before.get(tid).map_or(0, |(_, t)| *t);
+        // A thread born in between, or an id reused under another name,
+        // counts from 0.
+        let then = before
+            .get(tid)
+            .filter(|(old, _)| old == name)
+            .map_or(0, |(_, t)| *t);
         *ticks.entry(name.clone()).or_default() += now.saturating_sub(then);
         *counts.entry(name.clone()).or_default() += 1;
     }
@@ -300,12 +313,13 @@ mod tests {
                 )
             })
             .collect();
-        // The driver: 190 ticks in 2 s, 95 % each second. The workers: 50
-        // ticks of thread 3 (born after the first sample) over 2 s, and 40
-        // of both in the first second (thread 2's last 20 are lost with it).
+        // The driver: 190 ticks in 2 s, 95 % each second. The workers:
+        // thread 2's 20 ticks before it exited and thread 3's 50 (born after
+        // the first sample) over 2 s, 40 of them in the first second; two
+        // of them at once at most.
         assert_eq!(
             rows,
-            [("palaver-rtc", 1, 95.0, 95.0), ("worker", 1, 25.0, 40.0)]
+            [("palaver-rtc", 1, 95.0, 95.0), ("worker", 2, 35.0, 40.0)]
         );
         assert_eq!(
             thread_name("12 (actix-rt|system:0) S 1"),

@@ -272,6 +272,8 @@ struct VoiceStats {
     ops: BTreeMap<&'static str, OpStats>,
     callers_not_started: usize,
     turns_completed: u64,
+    /// Turns that failed (each also a `turn` failure with its reason).
+    turns_failed: u64,
     turns_not_run: u64,
     barge_ins_sent: u64,
     barge_ins_observed: u64,
@@ -781,7 +783,7 @@ fn status_line(
     use std::fmt::Write;
     let (waiting, in_call, done) = count_phases(phases);
     let failures = crate::report::failure_count(&stats.ops);
-    let over = (stats.turns_completed + stats.turns_not_run).min(planned);
+    let over = (stats.turns_completed + stats.turns_failed + stats.turns_not_run).min(planned);
     crate::report::progress_bar(out, over as f64 / planned.max(1) as f64);
     let _ = write!(
         out,
@@ -822,6 +824,8 @@ fn count_phases(phases: &[&str]) -> (usize, usize, usize) {
 /// chart (runs until aborted).
 async fn count_sessions<T: Transport>(shared: Rc<Shared<T>>) {
     let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+    // After a stall, one point, not a burst of them at the same moment.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let (_, in_call, _) = count_phases(&shared.phases.borrow());
@@ -1052,6 +1056,7 @@ async fn call<T: Transport>(shared: &Shared<T>, index: usize, barges: bool) -> u
             Ok(()) => shared.stats.borrow_mut().turns_completed += 1,
             Err(reason) => {
                 shared.fail(TURN, reason);
+                shared.stats.borrow_mut().turns_failed += 1;
                 shared.hang_up(index, line).await;
                 return attempted;
             }

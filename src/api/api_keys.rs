@@ -79,7 +79,7 @@ pub async fn issue_key(
         let secret = generated.secret.clone();
         let hash = auth::off_thread(move || auth::hash_api_key(secret.expose()))
             .await
-            .map_err(|e| ApiError::Internal(format!("key hashing task failed: {e}")))?;
+            .map_err(ApiError::from)?;
         let name = name.clone();
         let prefix = generated.prefix.clone();
         let inserted = db

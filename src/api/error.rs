@@ -188,6 +188,15 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::auth::HashingFailed> for ApiError {
+    fn from(err: crate::auth::HashingFailed) -> Self {
+        match err {
+            crate::auth::HashingFailed::Busy => ApiError::Unavailable(err.to_string()),
+            crate::auth::HashingFailed::Panicked => ApiError::Internal(err.to_string()),
+        }
+    }
+}
+
 impl From<crate::state::RetryAfter> for ApiError {
     fn from(retry: crate::state::RetryAfter) -> Self {
         ApiError::RateLimited {

@@ -149,7 +149,7 @@ pub(crate) async fn authenticate(state: &AppState, token: &str) -> Result<Caller
         let hash = key.key_hash.clone();
         let matches = auth::off_thread(move || auth::verify_secret(&presented, &hash))
             .await
-            .map_err(|e| ApiError::Internal(format!("key check task failed: {e}")))?;
+            .map_err(ApiError::from)?;
         if !matches {
             return Err(invalid());
         }

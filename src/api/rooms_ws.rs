@@ -159,13 +159,26 @@ async fn run_socket(
     };
     let connection = connected.connection;
     tracing::info!(user = %user, org = %org, connection, "rooms WebSocket connected");
+    // Frames for this connection that come while it waits, held (not left
+    // in its bounded queue, which the hub would find full) and sent after
+    // the hello.
+    let mut held = Vec::new();
     let presence = match &state.cluster {
         Some(cluster) => {
             // Routable from every node before it is told `connected` (its
             // presence is how other nodes find it); then peers connected
             // to other nodes count too.
-            cluster.settled().await;
-            state.rooms.presence(peers_now).await
+            let waiting = async {
+                cluster.settled().await;
+                state.rooms.presence(peers_now).await
+            };
+            tokio::pin!(waiting);
+            loop {
+                tokio::select! {
+                    presence = &mut waiting => break presence,
+                    Some(frame) = rx.recv() => held.push(frame),
+                }
+            }
         }
         None => connected.presence,
     };
@@ -176,11 +189,13 @@ async fn run_socket(
     });
     let mut last_heard = Instant::now();
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
-    let mut close = if socket.text(hello.to_string()).await.is_err() {
-        Some(None)
-    } else {
-        None
-    };
+    let mut close = None;
+    for frame in std::iter::once(rooms_live::Frame::from(hello.to_string())).chain(held) {
+        if socket.text(frame.to_string()).await.is_err() {
+            close = Some(None);
+            break;
+        }
+    }
     while close.is_none() {
         tokio::select! {
             outgoing = rx.recv() => match outgoing {

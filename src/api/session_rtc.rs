@@ -159,6 +159,9 @@ async fn run_peer(id: SessionId, mut peer: RtcPeer, mut audio: CallAudio, joined
     }
     let hears = degraded.hearing.is_none();
     let mut audio_input_reported = false;
+    // Told once: on the peer's `Connected`, or on its first packet should
+    // that event ever be missed (the greeting waits for it).
+    let mut media_connected = false;
     let mut codec_errors = 0u64;
     loop {
         tokio::select! {
@@ -187,6 +190,9 @@ async fn run_peer(id: SessionId, mut peer: RtcPeer, mut audio: CallAudio, joined
             },
             incoming = peer.recv() => match incoming {
                 Some(PeerEvent::Audio { payload, contiguous }) => {
+                    if !std::mem::replace(&mut media_connected, true) {
+                        actor.do_send(MediaConnected);
+                    }
                     if hears {
                         let decoded = audio.decode(&payload, contiguous, |frame| {
                             actor.do_send(CallerAudio(frame.clone()));
@@ -211,7 +217,9 @@ async fn run_peer(id: SessionId, mut peer: RtcPeer, mut audio: CallAudio, joined
                 }
                 Some(PeerEvent::Connected) => {
                     tracing::debug!(session = %id, peer = %peer.id(), "WebRTC connected");
-                    actor.do_send(MediaConnected);
+                    if !std::mem::replace(&mut media_connected, true) {
+                        actor.do_send(MediaConnected);
+                    }
                 }
                 Some(PeerEvent::ChannelOpen) => {}
                 Some(PeerEvent::Closed { reason }) => {

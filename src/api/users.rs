@@ -112,7 +112,7 @@ pub fn check_password(password: &str) -> Result<(), ApiError> {
 async fn hash_password(password: Secret) -> Result<String, ApiError> {
     auth::off_thread(move || auth::hash_password(password.expose()))
         .await
-        .map_err(|e| ApiError::Internal(format!("password hashing task failed: {e}")))
+        .map_err(ApiError::from)
 }
 
 /// Creates a user in `org`; used by signup, `POST /v1/users` and the CLI.
@@ -260,7 +260,7 @@ async fn login(
             .collect::<Vec<_>>()
     })
     .await
-    .map_err(|e| ApiError::Internal(format!("password check task failed: {e}")))?;
+    .map_err(ApiError::from)?;
     let mut matched = matched.into_iter();
     match (matched.next(), matched.next()) {
         (Some(user), None) => {

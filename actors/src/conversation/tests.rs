@@ -197,6 +197,19 @@ fn a_first_message_waiting_for_media_starts_when_it_connects_and_only_then() {
     assert!(started_turn(&drain(&mut typed_first)).is_some());
     typed_first.handle_input(200, Input::MediaConnected);
     assert!(synthesized(&drain(&mut typed_first)).is_empty());
+
+    // The caller's idle time runs from the media coming up, greeting or not.
+    let mut quiet = Conversation::new(ConversationConfig {
+        wait_for_media: true,
+        idle_timeout_ms: 1_000,
+        ..config()
+    });
+    quiet.handle_input(900, Input::AudioSent { audio_ms: 0 });
+    quiet.handle_input(950, Input::MediaConnected);
+    quiet.handle_input(1_800, Input::AudioSent { audio_ms: 0 });
+    assert_ne!(quiet.phase(), Phase::Ended, "{:?}", drain(&mut quiet));
+    quiet.handle_input(2_000, Input::AudioSent { audio_ms: 0 });
+    assert_eq!(quiet.phase(), Phase::Ended);
 }
 
 #[test]
