@@ -216,8 +216,13 @@ async fn typing_arrives_and_ends_by_itself_on_a_message_or_on_stop() {
     alice_ws
         .send(json!({ "type": "typing", "room_id": room }))
         .await;
-    let (status, _) = say(&server, &alice_t, room, json!({ "body": "done typing" })).await;
-    assert_eq!(status, StatusCode::CREATED);
+    // On the same socket as the renewal, so the server takes them in order
+    // (a message over REST could overtake it, and the late renewal would
+    // start a new indicator).
+    alice_ws
+        .send(json!({ "type": "send", "room_id": room, "body": "done typing", "idempotency_key": "t-1" }))
+        .await;
+    alice_ws.expect("send.ack", |_| true).await;
     let ended = bob_ws.expect("typing", |_| true).await;
     assert_eq!(
         ended["typing"], false,
