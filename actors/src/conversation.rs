@@ -56,9 +56,10 @@ pub struct ConversationConfig {
     /// a reply counts as delivered once generated.
     pub speak: bool,
     /// The caller's audio path is not up yet (WebRTC before ICE and DTLS
-    /// complete): the first message waits for [`Input::MediaConnected`], so
-    /// that the caller hears it from its first word and the transcript
-    /// records nothing the caller could not hear.
+    /// complete). The first message is synthesized at once, but the
+    /// session plays no audio before [`Input::MediaConnected`] (so the
+    /// caller hears it from its first word, and what was heard counts from
+    /// there), and the caller's idle time starts then.
     pub wait_for_media: bool,
 }
 
@@ -421,16 +422,13 @@ pub struct Conversation {
     last_activity: Millis,
     /// Time of the latest input or timeout handled.
     last_input: Millis,
-    /// The first message, until the caller's media connects.
-    first_message_waiting: Option<String>,
     /// [`ConversationConfig::wait_for_media`], until it connects.
     awaiting_media: bool,
 }
 
 impl Conversation {
     /// Starts the conversation at time 0: speaks the first message if the
-    /// assistant has one (once the media connects, with
-    /// [`ConversationConfig::wait_for_media`]).
+    /// assistant has one.
     pub fn new(config: ConversationConfig) -> Self {
         let mut history = Vec::new();
         if !config.system_prompt.trim().is_empty() {
@@ -452,15 +450,10 @@ impl Conversation {
             next_chunk: 1,
             last_activity: 0,
             last_input: 0,
-            first_message_waiting: None,
             awaiting_media,
         };
         if let Some(first) = conversation.config.first_message.clone() {
-            if conversation.config.wait_for_media {
-                conversation.first_message_waiting = Some(first);
-            } else {
-                conversation.say_first_message(0, first);
-            }
+            conversation.say_first_message(0, first);
         }
         conversation
     }
@@ -489,20 +482,11 @@ impl Conversation {
         self.maybe_finish_reply(now);
     }
 
-    /// The media is up: the first message that waited for it starts, unless
-    /// the caller already took the first turn (typed before the audio came
-    /// up), which it would only talk over.
+    /// The media is up: the caller's idle time starts now, not at the offer
+    /// (the session starts playing what it holds).
     fn on_media_connected(&mut self, now: Millis) {
-        if !std::mem::take(&mut self.awaiting_media) {
-            return;
-        }
-        // The caller's idle time starts now, not at the offer.
-        self.last_activity = self.last_activity.max(now);
-        let Some(first) = self.first_message_waiting.take() else {
-            return;
-        };
-        if self.phase == Phase::Listening && self.reply.is_none() && self.utterance.is_none() {
-            self.say_first_message(now, first);
+        if std::mem::take(&mut self.awaiting_media) {
+            self.last_activity = self.last_activity.max(now);
         }
     }
 

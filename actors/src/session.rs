@@ -136,8 +136,8 @@ pub struct CallerAudio(pub AudioFrame);
 #[rtype(result = "()")]
 pub struct Hangup(pub EndReason);
 
-/// The caller's audio path is up (WebRTC: ICE and DTLS done): a first
-/// message that waited for it starts.
+/// The caller's audio path is up (WebRTC: ICE and DTLS done): audio held
+/// until then (the first message, synthesized meanwhile) starts playing.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct MediaConnected;
@@ -256,6 +256,10 @@ pub struct SessionActor {
     ears: Option<Ears>,
     timer: Option<SpawnHandle>,
     ended: bool,
+    /// The caller can hear: false until [`MediaConnected`] when the
+    /// conversation waits for the media. Audio stays in the pacer (whose
+    /// schedule starts at its first poll) until then.
+    media_ready: bool,
 }
 
 impl std::fmt::Debug for SessionActor {
@@ -270,7 +274,9 @@ impl SessionActor {
     pub fn new(setup: SessionSetup) -> Self {
         let mut conversation_config = setup.conversation;
         conversation_config.speak = setup.tts.is_some();
+        let media_ready = !conversation_config.wait_for_media;
         Self {
+            media_ready,
             conversation: Conversation::new(conversation_config),
             started: Instant::now(),
             llm: setup.llm,
@@ -529,7 +535,9 @@ impl SessionActor {
         // Whether the conversation was told anything this tick.
         let mut told = self.fill_pacer();
         let now = self.now();
-        while let Some(paced) = self.pacer.poll(now) {
+        while self.media_ready
+            && let Some(paced) = self.pacer.poll(now)
+        {
             self.send(ToClient::Audio(paced.frame));
             self.conversation.handle_input(
                 now,
@@ -731,7 +739,10 @@ impl Handler<MediaConnected> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, _: MediaConnected, ctx: &mut Context<Self>) {
+        self.media_ready = true;
         self.feed(Input::MediaConnected, ctx);
+        // What the pacer holds leaves now, not at the next tick.
+        self.tick(ctx);
     }
 }
 

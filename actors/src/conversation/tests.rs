@@ -156,47 +156,17 @@ fn the_first_message_is_spoken_without_the_language_model() {
 }
 
 #[test]
-fn a_first_message_waiting_for_media_starts_when_it_connects_and_only_then() {
+fn waiting_for_media_synthesizes_the_greeting_at_once_and_starts_idle_time_on_connect() {
+    // Synthesis starts with the session (its latency overlaps the caller's
+    // handshake); the session holds the audio until the media is up.
     let mut c = Conversation::new(ConversationConfig {
         first_message: Some("Hello! How can I help?".into()),
         wait_for_media: true,
         ..config()
     });
-    // Nothing is said or stored while the caller cannot hear it.
-    c.handle_input(2_000, Input::AudioSent { audio_ms: 0 });
-    let out = drain(&mut c);
-    assert!(synthesized(&out).is_empty(), "{out:?}");
-    assert!(events(&out).is_empty(), "{out:?}");
-    assert_eq!(c.phase(), Phase::Listening);
-
-    c.handle_input(2_500, Input::MediaConnected);
-    let out = drain(&mut c);
-    let chunks = synthesized(&out);
-    assert_eq!(chunks.len(), 1, "{out:?}");
+    let chunks = synthesized(&drain(&mut c));
+    assert_eq!(chunks.len(), 1);
     assert_eq!(chunks[0].1, "Hello! How can I help?");
-    assert!(events(&out).contains(&&Event::AssistantDelta {
-        text: "Hello! How can I help?".into()
-    }));
-    // A second connect (an ICE restart) says nothing again.
-    c.handle_input(2_600, Input::MediaConnected);
-    assert!(synthesized(&drain(&mut c)).is_empty());
-
-    // A caller who typed first (the data channel came up before the audio)
-    // gets an answer, not a greeting talking over it.
-    let mut typed_first = Conversation::new(ConversationConfig {
-        first_message: Some("Hello! How can I help?".into()),
-        wait_for_media: true,
-        ..config()
-    });
-    typed_first.handle_input(
-        100,
-        Input::UserText {
-            text: "Is the pool open?".into(),
-        },
-    );
-    assert!(started_turn(&drain(&mut typed_first)).is_some());
-    typed_first.handle_input(200, Input::MediaConnected);
-    assert!(synthesized(&drain(&mut typed_first)).is_empty());
 
     // The caller's idle time runs from the media coming up, greeting or not.
     let mut quiet = Conversation::new(ConversationConfig {
@@ -208,6 +178,8 @@ fn a_first_message_waiting_for_media_starts_when_it_connects_and_only_then() {
     quiet.handle_input(950, Input::MediaConnected);
     quiet.handle_input(1_800, Input::AudioSent { audio_ms: 0 });
     assert_ne!(quiet.phase(), Phase::Ended, "{:?}", drain(&mut quiet));
+    // A second connect (an ICE restart) changes nothing.
+    quiet.handle_input(1_900, Input::MediaConnected);
     quiet.handle_input(2_000, Input::AudioSent { audio_ms: 0 });
     assert_eq!(quiet.phase(), Phase::Ended);
 }
