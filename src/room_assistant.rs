@@ -74,11 +74,6 @@ pub fn user_posted(state: &AppState, room: &Room) {
     if room.assistant_id.is_none() {
         return;
     }
-    let replier = Replier {
-        db: state.db.clone(),
-        settings: state.settings.clone(),
-        rooms: state.rooms.clone(),
-    };
     let key = (state.rooms.hub.clone(), room.id);
     {
         let mut rooms = answering();
@@ -88,6 +83,11 @@ pub fn user_posted(state: &AppState, room: &Room) {
         }
         rooms.insert(key.clone(), false);
     }
+    let replier = Replier {
+        db: state.db.clone(),
+        settings: state.settings.clone(),
+        rooms: state.rooms.clone(),
+    };
     let (org, id) = (room.organization_id, room.id);
     tokio::spawn(async move {
         let mut turn = Turn { key, done: false };

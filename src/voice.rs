@@ -183,11 +183,15 @@ pub async fn language_model(
         ..LocalPorts::default()
     })
     .await;
-    let mut provider_settings = settings.providers.clone();
-    if let Some(base_url) = &assistant.llm_base_url {
-        provider_settings.openai_base_url = base_url.clone();
+    let name = assistant.llm_provider.as_str();
+    match &assistant.llm_base_url {
+        Some(base_url) => {
+            let mut provider_settings = settings.providers.clone();
+            provider_settings.openai_base_url = base_url.clone();
+            Providers::language_model_only(&provider_settings, name)
+        }
+        None => Providers::language_model_only(&settings.providers, name),
     }
-    Providers::from_settings(&provider_settings).language_model(assistant.llm_provider.as_str())
 }
 
 /// Everything a session needs, or why its language model cannot be used.

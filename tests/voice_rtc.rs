@@ -85,6 +85,24 @@ impl Seen {
         }
     }
 
+    /// Collects until at least 90 % of `text`'s speech has arrived as loud
+    /// frames (the fake voice: 40 ms of tone per character, 20 ms frames),
+    /// within 10 s, or fails saying how much did.
+    async fn hears_all_of(&mut self, caller: &RtcCaller, text: &str) {
+        let expected = text.chars().count() * 2;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.loud_frames() < expected * 9 / 10 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.drain(caller);
+        }
+        assert!(
+            self.loud_frames() >= expected * 9 / 10,
+            "{} loud frames of about {expected} for {text:?}; stats {:?}",
+            self.loud_frames(),
+            caller.stats()
+        );
+    }
+
     /// Frames with sound in them (the fake voice is a loud tone).
     fn loud_frames(&self) -> usize {
         self.audio
@@ -128,19 +146,7 @@ async fn a_typed_turn_over_webrtc_is_spoken_back_as_opus_and_stored() {
     caller.send_user_message("Hello").await.unwrap();
     seen.until(&caller, "assistant-message").await;
     assert_eq!(seen.first("assistant.done").unwrap()["text"], reply);
-    // The whole reply is played: 40 ms of tone per character, 20 ms frames.
-    let expected = reply.chars().count() * 2;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while seen.loud_frames() < expected * 9 / 10 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        seen.drain(&caller);
-    }
-    assert!(
-        seen.loud_frames() >= expected * 9 / 10,
-        "{} loud frames of about {expected}; stats {:?}",
-        seen.loud_frames(),
-        caller.stats()
-    );
+    seen.hears_all_of(&caller, reply).await;
     assert_eq!(caller.stats().decode_errors, 0);
     let stored = wait_messages(&call, 2).await;
     assert_eq!(stored[0]["content"], "Hello");
@@ -191,18 +197,7 @@ async fn the_first_message_waits_for_a_slow_callers_media_and_is_heard_whole() {
     let mut seen = Seen::default();
     seen.until(&caller, "assistant.done").await;
     assert_eq!(seen.first("assistant.done").unwrap()["text"], greeting);
-    let expected = greeting.chars().count() * 2;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while seen.loud_frames() < expected * 9 / 10 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        seen.drain(&caller);
-    }
-    assert!(
-        seen.loud_frames() >= expected * 9 / 10,
-        "{} loud frames of the greeting's about {expected}; stats {:?}",
-        seen.loud_frames(),
-        caller.stats()
-    );
+    seen.hears_all_of(&caller, greeting).await;
     let stored = wait_messages(&call, 1).await;
     assert_eq!(stored[0]["content"], greeting);
     assert_eq!(stored[0]["interrupted"], false);

@@ -490,6 +490,12 @@ impl Conversation {
         }
     }
 
+    /// Whether the caller's media has yet to connect (see
+    /// [`ConversationConfig::wait_for_media`]): no audio plays until then.
+    pub fn awaiting_media(&self) -> bool {
+        self.awaiting_media
+    }
+
     pub fn phase(&self) -> Phase {
         self.phase
     }

@@ -256,10 +256,6 @@ pub struct SessionActor {
     ears: Option<Ears>,
     timer: Option<SpawnHandle>,
     ended: bool,
-    /// The caller can hear: false until [`MediaConnected`] when the
-    /// conversation waits for the media. Audio stays in the pacer (whose
-    /// schedule starts at its first poll) until then.
-    media_ready: bool,
 }
 
 impl std::fmt::Debug for SessionActor {
@@ -274,9 +270,7 @@ impl SessionActor {
     pub fn new(setup: SessionSetup) -> Self {
         let mut conversation_config = setup.conversation;
         conversation_config.speak = setup.tts.is_some();
-        let media_ready = !conversation_config.wait_for_media;
         Self {
-            media_ready,
             conversation: Conversation::new(conversation_config),
             started: Instant::now(),
             llm: setup.llm,
@@ -535,7 +529,9 @@ impl SessionActor {
         // Whether the conversation was told anything this tick.
         let mut told = self.fill_pacer();
         let now = self.now();
-        while self.media_ready
+        // Until the caller's media connects, audio stays in the pacer, whose
+        // schedule starts at its first poll.
+        while !self.conversation.awaiting_media()
             && let Some(paced) = self.pacer.poll(now)
         {
             self.send(ToClient::Audio(paced.frame));
@@ -739,7 +735,6 @@ impl Handler<MediaConnected> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, _: MediaConnected, ctx: &mut Context<Self>) {
-        self.media_ready = true;
         self.feed(Input::MediaConnected, ctx);
         // What the pacer holds leaves now, not at the next tick.
         self.tick(ctx);

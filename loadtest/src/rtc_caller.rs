@@ -591,7 +591,7 @@ impl RtcCaller {
     /// Encodes one 20 ms frame and sends it as one RTP packet. Call once per
     /// 20 ms; the RTP timestamp advances 960 ticks per call regardless.
     pub async fn send_audio(&self, frame: &AudioFrame) -> Result<(), RtcCallerError> {
-        let packet = {
+        let payload = {
             let mut guard = self
                 .outbound
                 .lock()
@@ -599,32 +599,9 @@ impl RtcCaller {
             let out = &mut *guard;
             out.upsampler.process(&frame.samples, &mut out.pcm48);
             let len = out.encoder.encode(&out.pcm48, &mut out.packet)?;
-            let header = rtp::Header {
-                version: 2,
-                // The first packet of a talk spurt (RFC 3551 §4.1).
-                marker: out.first,
-                payload_type: self.payload_type,
-                sequence_number: out.sequence,
-                timestamp: out.timestamp,
-                ssrc: self.ssrc,
-                ..Default::default()
-            };
-            out.first = false;
-            out.sequence = out.sequence.wrapping_add(1);
-            out.timestamp = out.timestamp.wrapping_add(RTP_TICKS_PER_FRAME);
-            rtp::Packet {
-                header,
-                payload: Bytes::copy_from_slice(&out.packet[..len]),
-            }
+            Bytes::copy_from_slice(&out.packet[..len])
         };
-        let bytes = packet.payload.len() as u64;
-        self.track
-            .write_rtp(packet)
-            .await
-            .map_err(webrtc_err("write_rtp"))?;
-        bump(&self.counters.rtp_packets_sent, 1);
-        bump(&self.counters.rtp_bytes_sent, bytes);
-        Ok(())
+        self.send_opus(payload).await
     }
 
     /// Sends one Opus packet (20 ms, already encoded: see
@@ -638,6 +615,7 @@ impl RtcCaller {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let header = rtp::Header {
                 version: 2,
+                // The first packet of a talk spurt (RFC 3551 §4.1).
                 marker: out.first,
                 payload_type: self.payload_type,
                 sequence_number: out.sequence,

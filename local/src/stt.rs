@@ -92,31 +92,13 @@ pub struct LocalWhisper {
 impl LocalWhisper {
     /// Loads Whisper from [`ModelsDir::whisper`] and starts the worker,
     /// with the default [`LocalWhisperConfig`]. Each call loads the model
-    /// again (about 150 MB and a second): see [`LocalWhisper::shared`].
+    /// again (about 150 MB and a second): the server keeps one per process
+    /// (`palaver::providers::local`).
     pub fn load(models: &ModelsDir) -> Result<Self, ModelError> {
         Ok(Self::new(
             Arc::new(Whisper::load(models)?),
             LocalWhisperConfig::default(),
         ))
-    }
-
-    /// The process's one recognizer for `models`: loaded by the first call
-    /// ([`LocalWhisper::load`]), a clone of it afterwards. A failed load is
-    /// not remembered, so a later call retries (after
-    /// `scripts/fetch-models.sh`, say).
-    pub fn shared(models: &ModelsDir) -> Result<Self, ModelError> {
-        static SHARED: Mutex<Option<(ModelsDir, LocalWhisper)>> = Mutex::new(None);
-        let mut shared = SHARED
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((dir, whisper)) = shared.as_ref()
-            && dir == models
-        {
-            return Ok(whisper.clone());
-        }
-        let whisper = Self::load(models)?;
-        *shared = Some((models.clone(), whisper.clone()));
-        Ok(whisper)
     }
 
     /// Starts a worker thread on a loaded model (which other workers may

@@ -112,6 +112,22 @@ fn options() -> SttOptions {
     }
 }
 
+/// Sends one utterance's frames into `recognition`, then its end.
+async fn say(recognition: &Recognition, frames: &[AudioFrame]) {
+    for frame in frames {
+        recognition
+            .audio
+            .send(SttInput::Audio(frame.clone()))
+            .await
+            .expect("audio");
+    }
+    recognition
+        .audio
+        .send(SttInput::EndOfUtterance)
+        .await
+        .expect("end");
+}
+
 async fn next(recognition: &mut Recognition) -> Result<Transcript, ProviderError> {
     tokio::time::timeout(Duration::from_secs(60), recognition.transcripts.next())
         .await
@@ -162,18 +178,7 @@ async fn a_final_arrives_after_end_of_utterance() {
     });
     let mut recognition = stt.start(options());
     let sentence = SENTENCES[1];
-    for frame in frames(&speak(sentence)) {
-        recognition
-            .audio
-            .send(SttInput::Audio(frame))
-            .await
-            .expect("audio");
-    }
-    recognition
-        .audio
-        .send(SttInput::EndOfUtterance)
-        .await
-        .expect("end");
+    say(&recognition, &frames(&speak(sentence))).await;
     let transcript = next(&mut recognition).await.expect("a transcript");
     assert!(transcript.is_final);
     let wer = word_error_rate(sentence, &transcript.text);
@@ -181,18 +186,7 @@ async fn a_final_arrives_after_end_of_utterance() {
 
     // The next utterance on the same recognition, then one with no audio.
     let sentence = SENTENCES[2];
-    for frame in frames(&speak(sentence)) {
-        recognition
-            .audio
-            .send(SttInput::Audio(frame))
-            .await
-            .expect("audio");
-    }
-    recognition
-        .audio
-        .send(SttInput::EndOfUtterance)
-        .await
-        .expect("end");
+    say(&recognition, &frames(&speak(sentence))).await;
     recognition
         .audio
         .send(SttInput::EndOfUtterance)
@@ -299,34 +293,12 @@ async fn dropping_a_recognition_abandons_its_work() {
     let audio = frames(&speak(LONG_SENTENCE));
     for _ in 0..3 {
         let recognition = stt.start(options());
-        for frame in &audio {
-            recognition
-                .audio
-                .send(SttInput::Audio(frame.clone()))
-                .await
-                .expect("audio");
-        }
-        recognition
-            .audio
-            .send(SttInput::EndOfUtterance)
-            .await
-            .expect("end");
+        say(&recognition, &audio).await;
         drop(recognition);
     }
     // The abandoned finals neither block this one nor reach it.
     let mut recognition = stt.start(options());
-    for frame in frames(&speak(SENTENCES[3])) {
-        recognition
-            .audio
-            .send(SttInput::Audio(frame))
-            .await
-            .expect("audio");
-    }
-    recognition
-        .audio
-        .send(SttInput::EndOfUtterance)
-        .await
-        .expect("end");
+    say(&recognition, &frames(&speak(SENTENCES[3]))).await;
     let transcript = next(&mut recognition).await.expect("not busy");
     assert!(transcript.is_final);
     assert!(word_error_rate(SENTENCES[3], &transcript.text) <= MAX_SENTENCE_WER);

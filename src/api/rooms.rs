@@ -498,16 +498,21 @@ async fn get_room(
 ) -> Result<web::Json<RoomView>, ApiError> {
     let id = RoomId(*id);
     let (room, member) = room_access(&state, &caller, id).await?;
-    let unread = match caller.user_id() {
-        Some(me) => state
-            .db
-            .run(move |c| store::rooms::unread_counts(c, me, &[id]))
-            .await?
-            .get(&id)
-            .copied(),
-        None => None,
-    };
+    let unread = unread_in(&state, &caller, id).await?;
     Ok(web::Json(RoomView::new(room, member.as_ref(), unread)))
+}
+
+/// The caller's unread count in room `id` (none for an API key).
+async fn unread_in(state: &AppState, caller: &Caller, id: RoomId) -> Result<Option<i64>, ApiError> {
+    let Some(me) = caller.user_id() else {
+        return Ok(None);
+    };
+    Ok(state
+        .db
+        .run(move |c| store::rooms::unread_counts(c, me, &[id]))
+        .await?
+        .get(&id)
+        .copied())
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -564,15 +569,7 @@ async fn update_room(
             .map_err(not_found("room", id))?;
         tracing::info!(room = %id, org = %org, assistant = ?assistant, "room assistant set");
     }
-    let unread = match caller.user_id() {
-        Some(me) => state
-            .db
-            .run(move |c| store::rooms::unread_counts(c, me, &[id]))
-            .await?
-            .get(&id)
-            .copied(),
-        None => None,
-    };
+    let unread = unread_in(&state, &caller, id).await?;
     Ok(web::Json(RoomView::new(room, member.as_ref(), unread)))
 }
 

@@ -154,7 +154,7 @@ impl LocalEngines {
     /// gives): the process's one [`LocalWhisper`].
     pub fn speech_recognizer(&self) -> Result<Arc<dyn SpeechRecognizer>, ProviderError> {
         self.hearing
-            .get_or_load(|| match LocalWhisper::shared(&self.models) {
+            .get_or_load(|| match LocalWhisper::load(&self.models) {
                 Ok(whisper) => {
                     tracing::info!(config = ?whisper.config(), "local speech recognition loaded");
                     (

@@ -117,6 +117,21 @@ impl Providers {
         }
     }
 
+    /// The language model of provider `name` alone, built from `settings`:
+    /// for a caller that needs no voice or hearing (a room assistant's
+    /// reply, a base URL of its own), without making the other providers'
+    /// clients or logging which of them are not configured.
+    pub fn language_model_only(
+        settings: &ProviderSettings,
+        name: &str,
+    ) -> Result<Arc<dyn LanguageModel>, ProviderError> {
+        match name {
+            "openai" => Ok(Arc::new(OpenAiChat::new(OpenAiApi::new(settings)?))),
+            "local" => local::engines().language_model(),
+            _ => Err(unknown(name, "language model")),
+        }
+    }
+
     /// The language model of provider `name` (e.g. `openai`).
     pub fn language_model(&self, name: &str) -> Result<Arc<dyn LanguageModel>, ProviderError> {
         match name {
