@@ -8,7 +8,8 @@
 #   url    print the URL
 #
 # Env: PALAVER_TEST_PG_DIR  (default <repo>/.pgtest)   data, log and unix socket live here
-#      PALAVER_TEST_PG_PORT (default 55432)            TCP port, bound to 127.0.0.1 only
+#      PALAVER_TEST_PG_PORT (default: a free port below the ephemeral range,
+#                            see free-port.sh; kept in <dir>/port)  bound to 127.0.0.1 only
 # Auth is "trust", superuser "postgres": never expose this cluster.
 set -euo pipefail
 
@@ -19,18 +20,21 @@ PG_DIR="${PALAVER_TEST_PG_DIR:-$REPO_ROOT/.pgtest}"
 case "$PG_DIR" in /*) ;; *) PG_DIR="$PWD/$PG_DIR" ;; esac
 while [[ "$PG_DIR" == */ ]]; do PG_DIR="${PG_DIR%/}"; done
 if [ -z "$PG_DIR" ]; then echo "test-postgres: ERROR: PALAVER_TEST_PG_DIR must not be /" >&2; exit 1; fi
-PG_PORT="${PALAVER_TEST_PG_PORT:-55432}"
+PG_PORT="${PALAVER_TEST_PG_PORT:-}"
 DATA="$PG_DIR/data"
 LOG="$PG_DIR/postgres.log"
 MARKER="$PG_DIR/.palaver-test-postgres"
-URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+url_for() { echo "postgres://postgres@127.0.0.1:$1/postgres"; }
+# Ports tried before giving up when the port was picked here (another
+# process may take a free port between the pick and the bind).
+START_TRIES=4
 START_TIMEOUT=30
 
 die() { echo "test-postgres: ERROR: $*" >&2; exit 1; }
 say() { echo "test-postgres: $*" >&2; }
 usage() { echo "Usage: $0 start|stop|url   (env: PALAVER_TEST_PG_DIR, PALAVER_TEST_PG_PORT)" >&2; }
 
-[[ "$PG_PORT" =~ ^[0-9]+$ ]] || die "PALAVER_TEST_PG_PORT must be a number, got '$PG_PORT'"
+[ -z "$PG_PORT" ] || [[ "$PG_PORT" =~ ^[0-9]+$ ]] || die "PALAVER_TEST_PG_PORT must be a number, got '$PG_PORT'"
 
 # Highest installed PostgreSQL version; do not rely on PATH.
 find_bindir() {
@@ -105,14 +109,14 @@ cmd_start() {
   if [ -d "$PG_DIR" ] && is_running; then
     local running_port
     running_port="$(cat "$PG_DIR/port" 2>/dev/null || echo '?')"
-    [ "$running_port" = "$PG_PORT" ] || die "already running in $PG_DIR on port $running_port, not $PG_PORT. Run '$0 stop' first."
+    [ -z "$PG_PORT" ] || [ "$running_port" = "$PG_PORT" ] || die "already running in $PG_DIR on port $running_port, not $PG_PORT. Run '$0 stop' first."
     say "already running in $PG_DIR"
-    echo "$URL"
+    url_for "$running_port"
     return 0
   fi
 
   # A unix socket path is limited to ~107 bytes.
-  local sock="$PG_DIR/.s.PGSQL.$PG_PORT"
+  local sock="$PG_DIR/.s.PGSQL.65535"
   [ "${#sock}" -lt 100 ] || die "path too long for a unix socket: $sock
   Set PALAVER_TEST_PG_DIR to a shorter directory (e.g. /tmp/palaver-pg)."
 
@@ -152,13 +156,30 @@ cmd_start() {
   fi
 
   remove_stale_locks
-  echo "$PG_PORT" >"$PG_DIR/port"
+  local port try
+  for ((try = 1; try <= START_TRIES; try++)); do
+    port="${PG_PORT:-$("$SCRIPT_DIR/free-port.sh")}"
+    if start_on "$port"; then
+      url_for "$port"
+      return 0
+    fi
+    [ -z "$PG_PORT" ] || break
+    say "could not start on port $port; trying another"
+  done
+  log_tail
+  die "PostgreSQL did not start (last port tried: $port; is it in use? try: ss -ltnp | grep $port).
+  Full log: $LOG"
+}
 
-  # Rewritten on every start so PALAVER_TEST_PG_PORT changes take effect.
+# Starts the cluster on 127.0.0.1:$1 and waits until it accepts connections.
+start_on() {
+  local port="$1"
+  echo "$port" >"$PG_DIR/port"
+  # Rewritten on every start so the port takes effect.
   as_pg tee "$DATA/palaver.conf" >/dev/null <<CONF
 # written by scripts/test-postgres.sh
 listen_addresses = '127.0.0.1'
-port = $PG_PORT
+port = $port
 unix_socket_directories = '$PG_DIR'
 max_connections = 300
 fsync = off
@@ -168,23 +189,20 @@ logging_collector = off
 CONF
 
   if ! as_pg "$BIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t "$START_TIMEOUT" start >/dev/null 2>&1; then
-    log_tail
-    die "PostgreSQL did not start within ${START_TIMEOUT}s (is port $PG_PORT already in use? try: ss -ltnp | grep $PG_PORT).
-  Full log: $LOG"
+    return 1
   fi
 
   # pg_ctl -w already waited; double-check TCP on 127.0.0.1 too.
   local i
   for ((i = 0; i < START_TIMEOUT * 5; i++)); do
-    if "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres; then
-      say "running in $PG_DIR (log: $LOG)"
-      echo "$URL"
+    if "$BIN/pg_isready" -q -h 127.0.0.1 -p "$port" -U postgres -d postgres; then
+      say "running in $PG_DIR on port $port (log: $LOG)"
       return 0
     fi
     sleep 0.2
   done
   log_tail
-  die "PostgreSQL started but does not accept connections on 127.0.0.1:$PG_PORT after ${START_TIMEOUT}s"
+  die "PostgreSQL started but does not accept connections on 127.0.0.1:$port after ${START_TIMEOUT}s"
 }
 
 cmd_stop() {
@@ -211,7 +229,9 @@ case "$1" in
   stop)
     if [ -e "$PG_DIR" ]; then BIN="$(find_bindir)"; fi
     cmd_stop ;;
-  url) echo "$URL" ;;
+  url)
+    [ -f "$PG_DIR/port" ] || die "not started (no $PG_DIR/port)"
+    url_for "$(cat "$PG_DIR/port")" ;;
   -h|--help) usage; exit 0 ;;
   *) usage; exit 2 ;;
 esac

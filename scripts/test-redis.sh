@@ -8,7 +8,8 @@
 #   url    print the URL
 #
 # Env: PALAVER_TEST_REDIS_DIR  (default <repo>/.redistest)  pidfile and log live here
-#      PALAVER_TEST_REDIS_PORT (default 56379)              bound to 127.0.0.1 only
+#      PALAVER_TEST_REDIS_PORT (default: a free port below the ephemeral
+#                               range, see free-port.sh; kept in <dir>/port)  bound to 127.0.0.1 only
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -18,19 +19,21 @@ R_DIR="${PALAVER_TEST_REDIS_DIR:-$REPO_ROOT/.redistest}"
 case "$R_DIR" in /*) ;; *) R_DIR="$PWD/$R_DIR" ;; esac
 while [[ "$R_DIR" == */ ]]; do R_DIR="${R_DIR%/}"; done
 if [ -z "$R_DIR" ]; then echo "test-redis: ERROR: PALAVER_TEST_REDIS_DIR must not be /" >&2; exit 1; fi
-R_PORT="${PALAVER_TEST_REDIS_PORT:-56379}"
+R_PORT="${PALAVER_TEST_REDIS_PORT:-}"
 PIDFILE="$R_DIR/redis.pid"
 PORTFILE="$R_DIR/port"
 LOG="$R_DIR/redis.log"
 MARKER="$R_DIR/.palaver-test-redis"
-URL="redis://127.0.0.1:$R_PORT"
+url_for() { echo "redis://127.0.0.1:$1"; }
+# Ports tried before giving up when the port was picked here.
+START_TRIES=4
 START_TIMEOUT=30
 
 die() { echo "test-redis: ERROR: $*" >&2; exit 1; }
 say() { echo "test-redis: $*" >&2; }
 usage() { echo "Usage: $0 start|stop|url   (env: PALAVER_TEST_REDIS_DIR, PALAVER_TEST_REDIS_PORT)" >&2; }
 
-[[ "$R_PORT" =~ ^[0-9]+$ ]] || die "PALAVER_TEST_REDIS_PORT must be a number, got '$R_PORT'"
+[ -z "$R_PORT" ] || [[ "$R_PORT" =~ ^[0-9]+$ ]] || die "PALAVER_TEST_REDIS_PORT must be a number, got '$R_PORT'"
 
 need_bins() {
   local b
@@ -81,39 +84,53 @@ cmd_start() {
   if is_running; then
     local running_port
     running_port="$(cat "$PORTFILE" 2>/dev/null || echo '?')"
-    [ "$running_port" = "$R_PORT" ] || die "already running in $R_DIR on port $running_port, not $R_PORT. Run '$0 stop' first."
+    [ -z "$R_PORT" ] || [ "$running_port" = "$R_PORT" ] || die "already running in $R_DIR on port $running_port, not $R_PORT. Run '$0 stop' first."
     say "already running in $R_DIR"
-    echo "$URL"
+    url_for "$running_port"
     return 0
   fi
 
   mkdir -p "$R_DIR"
   : >"$MARKER"
-  rm -f "$PIDFILE"
-  echo "$R_PORT" >"$PORTFILE"
-  : >"$LOG"
+  local port try
+  for ((try = 1; try <= START_TRIES; try++)); do
+    port="${R_PORT:-$("$SCRIPT_DIR/free-port.sh")}"
+    if start_on "$port"; then
+      url_for "$port"
+      return 0
+    fi
+    [ -z "$R_PORT" ] || break
+    say "could not start on port $port; trying another"
+  done
+  log_tail
+  die "redis-server did not start (last port tried: $port; is it in use? try: ss -ltnp | grep $port). Log: $LOG"
+}
 
-  redis-server --port "$R_PORT" --bind 127.0.0.1 \
+# Starts redis-server on 127.0.0.1:$1 and waits until it answers PING.
+start_on() {
+  local port="$1"
+  rm -f "$PIDFILE"
+  echo "$port" >"$PORTFILE"
+  : >"$LOG"
+  redis-server --port "$port" --bind 127.0.0.1 \
     --daemonize yes --pidfile "$PIDFILE" --logfile "$LOG" --dir "$R_DIR" \
     --save '' --appendonly no \
-    || { log_tail; die "redis-server failed to start (log: $LOG)"; }
+    || return 1
 
   local i
   for ((i = 0; i < START_TIMEOUT * 10; i++)); do
     # Give it a moment to write its pidfile, then fail fast if it died.
     if [ "$i" -ge 5 ] && ! is_running; then
-      log_tail
-      die "redis-server exited during startup (is port $R_PORT already in use? try: ss -ltnp | grep $R_PORT). Log: $LOG"
+      return 1
     fi
-    if is_running && ping_ok "$R_PORT"; then
-      say "running in $R_DIR (log: $LOG)"
-      echo "$URL"
+    if is_running && ping_ok "$port"; then
+      say "running in $R_DIR on port $port (log: $LOG)"
       return 0
     fi
     sleep 0.1
   done
   log_tail
-  die "redis-server did not answer PING on 127.0.0.1:$R_PORT within ${START_TIMEOUT}s. Log: $LOG"
+  die "redis-server did not answer PING on 127.0.0.1:$port within ${START_TIMEOUT}s. Log: $LOG"
 }
 
 cmd_stop() {
@@ -124,7 +141,7 @@ cmd_stop() {
   if is_running; then
     local pid port i
     pid="$(server_pid)"
-    port="$(cat "$PORTFILE" 2>/dev/null || echo "$R_PORT")"
+    port="$(cat "$PORTFILE" 2>/dev/null || echo "${R_PORT:-6379}")"
     timeout 5 redis-cli -h 127.0.0.1 -p "$port" shutdown nosave >/dev/null 2>&1 || kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 100; i++)); do
       pid_alive "$pid" || break
@@ -148,7 +165,9 @@ cmd_stop() {
 case "$1" in
   start) need_bins; cmd_start ;;
   stop) cmd_stop ;;
-  url) echo "$URL" ;;
+  url)
+    [ -f "$PORTFILE" ] || die "not started (no $PORTFILE)"
+    url_for "$(cat "$PORTFILE")" ;;
   -h|--help) usage; exit 0 ;;
   *) usage; exit 2 ;;
 esac
