@@ -298,6 +298,14 @@ impl LlmEngine {
             if fed < prompt.system_len && end > prompt.system_len {
                 end = prompt.system_len;
             }
+            // The last prompt token runs alone, as it does when the rest
+            // of the prompt is cached: a batch and a single row go through
+            // different quantized kernels whose logits differ in the last
+            // bits, enough to change a greedy reply between a first request
+            // and the same request answered from the cache.
+            if end == prompt.tokens.len() && end - fed > 1 {
+                end -= 1;
+            }
             logits = self.model.forward(&prompt.tokens[fed..end], &mut cache)?;
             fed = end;
             if fed == prompt.system_len && stats.cached_prompt_tokens < prompt.system_len {
