@@ -760,6 +760,13 @@
       dc.onclose = () => {
         if (call.dc !== dc) return;
         // No `session.ended` first: the server went away (restart, network).
+        // The server would hold the session for a rejoin
+        // (server.reconnect_grace_s); this console starts a new one
+        // instead, so it hangs the old one up (best effort: the server may
+        // be gone).
+        const location = call.location;
+        const token = call.token;
+        if (location) api('DELETE', location, undefined, { token }).catch(() => {});
         callEnded('the connection to the server was lost (no goodbye from it); start a new session to go on',
           'error');
       };

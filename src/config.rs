@@ -76,10 +76,29 @@ pub struct ServerSettings {
     pub public_url: Option<String>,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
-    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT, once
+    /// the calls have drained (`drain_timeout_s`).
     pub shutdown_timeout_s: u64,
+    /// After SIGTERM/SIGINT, seconds the calls in progress get to end by
+    /// themselves (no new sessions, `/readyz` 503) before each hears a
+    /// short goodbye and ends with reason `server-shutdown`.
+    pub drain_timeout_s: u64,
+    /// A caller whose connection drops (without hanging up) may rejoin the
+    /// session with its join token, over either transport, for this long;
+    /// the session then ends with reason `connection-lost`. 0 ends it at
+    /// once (reason `hang-up`).
+    pub reconnect_grace_s: u64,
     /// Largest accepted request body, in bytes (larger bodies get 413).
     pub body_limit_bytes: usize,
+    /// Longest a request body may take to arrive, from the first read to
+    /// the last byte; slower ones get 408 and their connection is closed
+    /// (a client trickling a byte at a time cannot hold a connection).
+    pub body_read_timeout_ms: u64,
+    /// Addresses of reverse proxies whose `Forwarded` / `X-Forwarded-*`
+    /// headers are believed when building the session URLs handed out
+    /// (without `public_url`). From anyone else those headers, and `Host`,
+    /// are ignored: the URLs name the address the client connected to.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 impl Default for ServerSettings {
@@ -89,7 +108,11 @@ impl Default for ServerSettings {
             public_url: None,
             workers: 0,
             shutdown_timeout_s: 30,
+            drain_timeout_s: 60,
+            reconnect_grace_s: 20,
             body_limit_bytes: 256 * 1024,
+            body_read_timeout_ms: 10_000,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -123,6 +146,10 @@ pub struct RtcSettings {
     /// CELT only, about a quarter of the CPU and 4 ms less delay, but a lost
     /// packet can only be concealed (see BENCHMARKS.md, media path).
     pub opus_mode: OpusModeSetting,
+    /// A caller whose ICE and DTLS have not completed this long after the
+    /// answer went out is hung up (reason `connect-timeout`), so an offer
+    /// that never connects does not hold a session open.
+    pub connect_timeout_ms: u64,
 }
 
 /// See [`RtcSettings::opus_mode`].
@@ -142,6 +169,7 @@ impl Default for RtcSettings {
             opus_bitrate_bps: 32_000,
             opus_complexity: 5,
             opus_mode: OpusModeSetting::Voip,
+            connect_timeout_ms: 15_000,
         }
     }
 }

@@ -44,33 +44,81 @@ macro_rules! with_conn {
 }
 pub(crate) use with_conn;
 
-/// A transaction that takes the write lock up front. On SQLite a deferred
-/// transaction that reads and then writes fails with SQLITE_BUSY when another
-/// writer got in between; `BEGIN IMMEDIATE` waits for the lock instead.
+/// A transaction that reads, decides and writes as if it ran alone: the
+/// checks a store function makes (a session is still `created`, an
+/// organization is under its limit) still hold when it writes.
+///
+/// On SQLite it takes the write lock up front: a deferred transaction that
+/// reads and then writes fails with SQLITE_BUSY when another writer got in
+/// between; `BEGIN IMMEDIATE` waits for the lock instead. On Postgres it is
+/// SERIALIZABLE, retried when Postgres refuses to commit it because a
+/// concurrent one broke its reads (at READ COMMITTED two joins of one
+/// session both saw it `created`, and a burst of creations all counted
+/// below the limit). The body may therefore run more than once.
 pub(crate) trait WriteTransaction: Connection {
     fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
     where
-        F: FnOnce(&mut Self) -> Result<T, E>,
-        E: From<diesel::result::Error>;
+        F: FnMut(&mut Self) -> Result<T, E>,
+        E: TransactionError;
 }
+
+/// An error a [`WriteTransaction`] body returns: it must tell a
+/// serialization failure (try again) from the rest.
+pub(crate) trait TransactionError: From<diesel::result::Error> {
+    fn is_serialization_failure(&self) -> bool;
+}
+
+impl TransactionError for diesel::result::Error {
+    fn is_serialization_failure(&self) -> bool {
+        matches!(
+            self,
+            diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::SerializationFailure,
+                _
+            )
+        )
+    }
+}
+
+impl TransactionError for StoreError {
+    fn is_serialization_failure(&self) -> bool {
+        matches!(self, StoreError::Query(err) if err.is_serialization_failure())
+    }
+}
+
+/// Tries of a Postgres write transaction before its serialization failure
+/// is returned (as a 500): each retry runs after a short, growing pause.
+const SERIALIZABLE_TRIES: u32 = 10;
 
 impl WriteTransaction for SqliteConnection {
     fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
     where
-        F: FnOnce(&mut Self) -> Result<T, E>,
-        E: From<diesel::result::Error>,
+        F: FnMut(&mut Self) -> Result<T, E>,
+        E: TransactionError,
     {
         self.immediate_transaction(f)
     }
 }
 
 impl WriteTransaction for PgConnection {
-    fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
+    fn write_transaction<T, E, F>(&mut self, mut f: F) -> Result<T, E>
     where
-        F: FnOnce(&mut Self) -> Result<T, E>,
-        E: From<diesel::result::Error>,
+        F: FnMut(&mut Self) -> Result<T, E>,
+        E: TransactionError,
     {
-        self.transaction(f)
+        let mut tried = 1;
+        loop {
+            match self.build_transaction().serializable().run(&mut f) {
+                Err(err) if err.is_serialization_failure() && tried < SERIALIZABLE_TRIES => {
+                    ::metrics::counter!("palaver_db_serialization_retries_total").increment(1);
+                    // Spread the retries of transactions that collided.
+                    let jitter = u64::from(crate::auth::random_bytes::<1>()[0] % 4);
+                    std::thread::sleep(Duration::from_millis(u64::from(tried) * 2 + jitter));
+                    tried += 1;
+                }
+                result => return result,
+            }
+        }
     }
 }
 

@@ -40,3 +40,4 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod voice;
+pub mod wire_errors;

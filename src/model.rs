@@ -11,8 +11,12 @@ use diesel::serialize::{self, Output, ToSql};
 use diesel::sql_types::Text;
 use serde::{Deserialize, Serialize};
 
+// `$text` is a `tt`, not a `literal`: a `literal` fragment reaches the
+// derive macros wrapped in an invisible group, which serde reads but
+// utoipa silently skips, so the OpenAPI document named every value by its
+// Rust variant (`Openai`) instead of what the server speaks (`openai`).
 macro_rules! text_enum {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:tt),+ $(,)? }) => {
         $(#[$meta])*
         #[derive(
             Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize,

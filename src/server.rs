@@ -6,9 +6,10 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_service::{IntoServiceFactory, ServiceFactoryExt};
 use actix_web::dev::ServerHandle;
 use actix_web::middleware::from_fn;
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpRequest, HttpResponse, web};
 use utoipa::OpenApi;
 use utoipa_actix_web::AppExt;
 
@@ -20,6 +21,7 @@ use crate::config::Settings;
 use crate::db::{Db, StoreError};
 use crate::state::{AppState, LiveSessions, RateLimits};
 use crate::telemetry;
+use crate::wire_errors::JsonErrors;
 
 /// How long a verified API key is trusted without another argon2 check; a
 /// key revoked on another node stops working within this time.
@@ -97,6 +99,7 @@ pub async fn prepare(settings: Settings) -> Result<web::Data<AppState>, StartErr
         metrics: telemetry::metrics_handle(),
         live,
         rooms,
+        draining: Default::default(),
     }))
 }
 
@@ -139,15 +142,141 @@ async fn openapi_document(doc: web::Data<OpenApiDocument>) -> HttpResponse {
         .body(doc.0.clone())
 }
 
-async fn unknown_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound(format!(
-        "no route for {} {}",
-        req.method(),
-        req.path()
-    )))
+/// Every documented path with the methods it takes, to tell a path that
+/// does not exist (404) from one called with the wrong method (405).
+struct RouteMethods(Vec<(Vec<String>, Vec<&'static str>)>);
+
+impl RouteMethods {
+    fn from_openapi(doc: &utoipa::openapi::OpenApi) -> Self {
+        let mut routes: Vec<(Vec<String>, Vec<&'static str>)> = doc
+            .paths
+            .paths
+            .iter()
+            .map(|(path, item)| {
+                let methods = [
+                    ("GET", item.get.is_some()),
+                    ("HEAD", item.head.is_some()),
+                    ("POST", item.post.is_some()),
+                    ("PUT", item.put.is_some()),
+                    ("PATCH", item.patch.is_some()),
+                    ("DELETE", item.delete.is_some()),
+                    ("OPTIONS", item.options.is_some()),
+                    ("TRACE", item.trace.is_some()),
+                ];
+                let methods = methods.iter().filter(|(_, has)| *has).map(|(m, _)| *m);
+                (segments(path), methods.collect())
+            })
+            .collect();
+        routes.push((segments("/v1/openapi.json"), vec!["GET"]));
+        Self(routes)
+    }
+
+    /// The methods `path` takes, comma-separated, if it is a documented
+    /// path (`{param}` matching any one segment).
+    fn allowed(&self, path: &str) -> Option<String> {
+        let asked = segments(path);
+        let mut allowed: Vec<&str> = Vec::new();
+        for (template, methods) in &self.0 {
+            let matches = template.len() == asked.len()
+                && template
+                    .iter()
+                    .zip(&asked)
+                    .all(|(t, a)| t.starts_with('{') || t == a);
+            if matches {
+                for method in methods {
+                    if !allowed.contains(method) {
+                        allowed.push(method);
+                    }
+                }
+            }
+        }
+        (!allowed.is_empty()).then(|| allowed.join(", "))
+    }
 }
 
+fn segments(path: &str) -> Vec<String> {
+    path.trim_end_matches('/')
+        .split('/')
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn unknown_route(
+    req: HttpRequest,
+    routes: web::Data<RouteMethods>,
+) -> Result<HttpResponse, ApiError> {
+    match routes.allowed(req.path()) {
+        Some(allow) => Err(ApiError::MethodNotAllowed {
+            message: format!(
+                "{} does not take {}; it takes {allow}",
+                req.path(),
+                req.method()
+            ),
+            allow,
+        }),
+        None => Err(ApiError::NotFound(format!(
+            "no route for {} {}",
+            req.method(),
+            req.path()
+        ))),
+    }
+}
+
+/// The application every worker serves: routes, the OpenAPI document,
+/// extractor error handlers, the default 404/405 and the middleware.
+fn app(
+    state: web::Data<AppState>,
+) -> App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let (app, openapi) = App::new()
+        .into_utoipa_app()
+        .openapi(ApiDoc::openapi())
+        .app_data(state)
+        .app_data(web::QueryConfig::default().error_handler(|err, _| {
+            ApiError::BadRequest {
+                code: "invalid_query",
+                message: format!("invalid query string: {err}"),
+                field: None,
+            }
+            .into()
+        }))
+        .app_data(web::PathConfig::default().error_handler(|err, req| {
+            ApiError::NotFound(format!("no resource at {}: {err}", req.path())).into()
+        }))
+        // Before the `/v1` scope, which would otherwise claim the path.
+        .route("/v1/openapi.json", web::get().to(openapi_document))
+        .configure(api::configure)
+        .split_for_parts();
+    let mut openapi = openapi;
+    api::complete_document(&mut openapi);
+    let document = OpenApiDocument(openapi.to_pretty_json().unwrap_or_default());
+    app.app_data(web::Data::new(document))
+        .app_data(web::Data::new(RouteMethods::from_openapi(&openapi)))
+        .default_service(web::to(unknown_route))
+        .wrap(from_fn(api::extract::authenticate_request))
+        .wrap(from_fn(telemetry::observe))
+}
+
+/// How long a client has to send a request's line and headers (408 after).
+const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an idle keep-alive connection stays open.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// How long a closing connection waits for the client to go.
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Binds `server.bind` and starts the workers.
+///
+/// Built from actix-server and actix-http rather than `HttpServer`, for one
+/// reason: each accepted connection is wrapped in [`JsonErrors`], so the
+/// answers the HTTP/1 layer gives on its own (malformed requests, oversized
+/// heads) carry the API's JSON error body too.
 pub fn start(state: web::Data<AppState>) -> Result<Running, StartError> {
     let bind = state.settings.server.bind;
     let listener =
@@ -162,47 +291,43 @@ pub fn start(state: web::Data<AppState>) -> Result<Running, StartError> {
         n => n,
     };
     let app_state = state.clone();
-    let server = HttpServer::new(move || {
-        let (app, openapi) = App::new()
-            .into_utoipa_app()
-            .openapi(ApiDoc::openapi())
-            .app_data(app_state.clone())
-            .app_data(web::QueryConfig::default().error_handler(|err, _| {
-                ApiError::BadRequest {
-                    code: "invalid_query",
-                    message: format!("invalid query string: {err}"),
-                    field: None,
+    let server = actix_web::dev::Server::build()
+        .workers(workers)
+        .shutdown_timeout(state.settings.server.shutdown_timeout_s)
+        .disable_signals()
+        .listen("palaver-http", listener, move || {
+            let http = actix_http::HttpService::build()
+                .keep_alive(KEEP_ALIVE)
+                .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+                .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+                .local_addr(addr)
+                .on_connect_ext(
+                    |io: &JsonErrors<actix_web::rt::net::TcpStream>, extensions| {
+                        if let Ok(local) = io.get_ref().local_addr() {
+                            extensions.insert(api::LocalAddr(local));
+                        }
+                    },
+                )
+                .h1(actix_service::map_config(
+                    app(app_state.clone())
+                        .into_factory()
+                        .map_err(|err: actix_web::Error| err.error_response()),
+                    |_| actix_web::dev::AppConfig::default(),
+                ));
+            actix_service::fn_service(|tcp: actix_web::rt::net::TcpStream| async move {
+                // Realtime frames are small: without TCP_NODELAY, Nagle's
+                // algorithm holds each one until the previous is
+                // acknowledged (~20-40 ms).
+                if let Err(err) = tcp.set_nodelay(true) {
+                    tracing::debug!(%err, "could not set TCP_NODELAY");
                 }
-                .into()
-            }))
-            .app_data(web::PathConfig::default().error_handler(|err, req| {
-                ApiError::NotFound(format!("no resource at {}: {err}", req.path())).into()
-            }))
-            // Before the `/v1` scope, which would otherwise claim the path.
-            .route("/v1/openapi.json", web::get().to(openapi_document))
-            .configure(api::configure)
-            .split_for_parts();
-        let document = OpenApiDocument(openapi.to_pretty_json().unwrap_or_default());
-        app.app_data(web::Data::new(document))
-            .default_service(web::to(unknown_route))
-            .wrap(from_fn(api::extract::authenticate_request))
-            .wrap(from_fn(telemetry::observe))
-    })
-    // Realtime frames are small: without TCP_NODELAY, Nagle's algorithm
-    // holds each one until the previous is acknowledged (~20-40 ms).
-    .on_connect(|connection, _| {
-        if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>()
-            && let Err(err) = tcp.set_nodelay(true)
-        {
-            tracing::debug!(%err, "could not set TCP_NODELAY");
-        }
-    })
-    .workers(workers)
-    .shutdown_timeout(state.settings.server.shutdown_timeout_s)
-    .disable_signals()
-    .listen(listener)
-    .map_err(|source| StartError::Bind { addr: bind, source })?
-    .run();
+                let peer = tcp.peer_addr().ok();
+                Ok::<_, actix_http::error::DispatchError>((JsonErrors::new(tcp), peer))
+            })
+            .and_then(http)
+        })
+        .map_err(|source| StartError::Bind { addr: bind, source })?
+        .run();
     let limits_state = state.clone();
     actix_web::rt::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -236,15 +361,15 @@ impl Running {
         self.handle.stop(true).await;
     }
 
-    /// Serves until SIGTERM or SIGINT, then drains and closes storage.
+    /// Serves until SIGTERM or SIGINT, then drains (see [`drain`]), stops
+    /// serving and closes storage.
     pub async fn serve_until_signal(self) -> std::io::Result<()> {
         let handle = self.handle.clone();
+        let state = self.state.clone();
         actix_web::rt::spawn(async move {
             let signal = shutdown_signal().await;
-            tracing::info!(
-                signal,
-                "shutting down: no new connections, finishing in-flight requests"
-            );
+            drain(&state, signal).await;
+            tracing::info!("no new connections; finishing in-flight requests");
             handle.stop(true).await;
         });
         let result = self
@@ -258,6 +383,75 @@ impl Running {
         tracing::info!("shutdown complete");
         result
     }
+}
+
+/// What a caller still in a call hears when the node goes down.
+pub const SHUTDOWN_GOODBYE: &str =
+    "I'm sorry, this line has to close now for maintenance. Please call again. Goodbye.";
+
+/// Drains the node after a shutdown signal: `/readyz` turns 503 at once
+/// and new sessions are refused (a load balancer moves traffic away), while
+/// the calls in progress get up to `server.drain_timeout_s` to finish by
+/// themselves. Those still live then hear [`SHUTDOWN_GOODBYE`] and end with
+/// reason `server-shutdown`. Returns once no call runs here (each one's
+/// transcript and end stored), or when the goodbyes ran out of time. A
+/// second signal cuts the wait short and goes straight to the goodbyes.
+pub async fn drain(state: &AppState, signal: &'static str) {
+    state
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let timeout = Duration::from_secs(state.settings.server.drain_timeout_s);
+    let live = state.live.len();
+    tracing::info!(
+        signal,
+        live_sessions = live,
+        drain_timeout_s = timeout.as_secs(),
+        "draining: /readyz answers 503, new sessions are refused, live calls may finish"
+    );
+    if live == 0 {
+        return;
+    }
+    let finished = tokio::select! {
+        finished = calls_end_within(state, timeout) => finished,
+        again = shutdown_signal() => {
+            tracing::info!(signal = again, "second signal: not waiting for calls to finish");
+            false
+        }
+    };
+    if finished {
+        tracing::info!("every call finished");
+        return;
+    }
+    let told = state.live.say_goodbye(
+        SHUTDOWN_GOODBYE,
+        palaver_actors::conversation::EndReason::ServerShutdown,
+    );
+    tracing::info!(sessions = told, "saying goodbye to the calls still live");
+    let farewell = Duration::from_millis(palaver_actors::conversation::FAREWELL_MAX_MS);
+    if calls_end_within(state, farewell + Duration::from_secs(2)).await {
+        tracing::info!("every call ended after its goodbye");
+        return;
+    }
+    tracing::warn!(
+        sessions = state.live.len(),
+        "calls still live after their goodbye; hanging them up"
+    );
+    state
+        .live
+        .hang_up_all(palaver_actors::conversation::EndReason::ServerShutdown);
+    calls_end_within(state, Duration::from_secs(2)).await;
+}
+
+/// Whether every call on this node ended within `timeout`.
+async fn calls_end_within(state: &AppState, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !state.live.is_empty() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
 }
 
 async fn shutdown_signal() -> &'static str {

@@ -13,7 +13,7 @@ use crate::auth::{TokenSigner, VerifiedKeys};
 use crate::config::{LimitSettings, Settings};
 use crate::db::Db;
 use palaver_actors::conversation::EndReason;
-use palaver_actors::session::{Hangup, SessionActor};
+use palaver_actors::session::{Goodbye, Hangup, SessionActor};
 
 use crate::ids::{ApiKeyId, SessionId, UserId};
 
@@ -35,6 +35,27 @@ pub struct AppState {
     pub rtc: palaver_media::rtc::RtcEndpoint,
     /// Live chat rooms: connections, presence, typing, event fan-out.
     pub rooms: crate::rooms_live::LiveRooms,
+    /// Set once a shutdown began (see `server::drain`): `/readyz` answers
+    /// 503 and no session is created or joined here any more.
+    pub draining: std::sync::atomic::AtomicBool,
+}
+
+impl AppState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// 503 while the node drains: new sessions belong on another node.
+    pub fn refuse_if_draining(&self) -> Result<(), crate::api::error::ApiError> {
+        if self.is_draining() {
+            return Err(crate::api::error::ApiError::Unavailable(
+                "this node is shutting down and takes no new sessions; try again (another \
+                 node will take it)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The session actors running on this node, by session id. With a
@@ -51,6 +72,12 @@ struct LiveSession {
     actor: actix::Addr<SessionActor>,
     /// The WebRTC peer carrying the call, for `DELETE …/webrtc/{peer}`.
     rtc_peer: Option<u64>,
+    /// A transport carries the call; false while the caller, dropped, may
+    /// rejoin (see [`LiveSessions::reattach`]).
+    attached: bool,
+    /// What the session could not get when it started, told again to a
+    /// caller who rejoins.
+    degraded: Arc<crate::voice::Degraded>,
 }
 
 impl LiveSessions {
@@ -67,12 +94,49 @@ impl LiveSessions {
         }
     }
 
+    /// How many sessions run here.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Asks every session running here to say `text` and end with
+    /// `reason`; returns how many were asked.
+    pub fn say_goodbye(&self, text: &str, reason: EndReason) -> usize {
+        let live = self.lock();
+        for session in live.values() {
+            session.actor.do_send(Goodbye {
+                text: text.to_owned(),
+                reason,
+            });
+        }
+        live.len()
+    }
+
+    /// Hangs up every session running here.
+    pub fn hang_up_all(&self, reason: EndReason) {
+        for session in self.lock().values() {
+            session.actor.do_send(Hangup(reason));
+        }
+    }
+
     /// The ids of the sessions running here.
     pub fn ids(&self) -> Vec<SessionId> {
         self.lock().keys().copied().collect()
     }
 
-    pub fn insert(&self, id: SessionId, actor: actix::Addr<SessionActor>) {
+    /// A session whose actor now runs here, with its transport attached.
+    /// It stays until [`LiveSessions::remove`], which its actor's end
+    /// calls (see `api::live`).
+    pub fn insert(
+        &self,
+        id: SessionId,
+        actor: actix::Addr<SessionActor>,
+        degraded: Arc<crate::voice::Degraded>,
+    ) {
         if let Some(cluster) = &self.cluster {
             cluster.claim_session(id);
         }
@@ -82,6 +146,8 @@ impl LiveSessions {
             LiveSession {
                 actor,
                 rtc_peer: None,
+                attached: true,
+                degraded,
             },
         );
         ::metrics::gauge!("palaver_sessions_live").set(live.len() as f64);
@@ -92,6 +158,34 @@ impl LiveSessions {
         if let Some(session) = self.lock().get_mut(&id) {
             session.rtc_peer = Some(peer);
         }
+    }
+
+    /// The caller's transport dropped: the session waits for them. The
+    /// WebRTC peer that carried it still hangs it up (`DELETE` of its
+    /// `Location`) until another transport takes it.
+    pub fn detach(&self, id: SessionId) {
+        if let Some(session) = self.lock().get_mut(&id) {
+            session.attached = false;
+        }
+    }
+
+    /// Whether `id` runs here waiting for its caller to rejoin.
+    pub fn is_detached(&self, id: SessionId) -> bool {
+        self.lock().get(&id).is_some_and(|s| !s.attached)
+    }
+
+    /// Claims a session waiting for its caller for a new transport: its
+    /// actor and what it could not get; `None` if it does not run here or
+    /// a transport carries it already (two rejoins: one wins).
+    pub fn reattach(
+        &self,
+        id: SessionId,
+    ) -> Option<(actix::Addr<SessionActor>, Arc<crate::voice::Degraded>)> {
+        let mut live = self.lock();
+        let session = live.get_mut(&id).filter(|s| !s.attached)?;
+        session.attached = true;
+        session.rtc_peer = None;
+        Some((session.actor.clone(), session.degraded.clone()))
     }
 
     pub fn remove(&self, id: SessionId) {

@@ -73,6 +73,10 @@ pub fn metrics_handle() -> PrometheusHandle {
 
 fn describe() {
     metrics::describe_counter!(
+        "palaver_session_messages_rate_limited_total",
+        "Session client messages (WebSocket or data channel) refused over the session's rate limit"
+    );
+    metrics::describe_counter!(
         "palaver_http_requests_total",
         "HTTP requests by route and status"
     );
@@ -145,6 +149,28 @@ fn request_id(req: &ServiceRequest) -> String {
         .unwrap_or_else(|| auth::hex(&auth::random_bytes::<8>()))
 }
 
+/// The `method` label of a request: the standard methods by name, any other
+/// (a client may send any token) as `other`, so strangers cannot grow the
+/// metrics without bound.
+fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    const KNOWN: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::PATCH, "PATCH"),
+        (Method::DELETE, "DELETE"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(known, _)| known == method)
+        .map_or("other", |(_, label)| label)
+}
+
 /// Stamps a request id, times the request, logs one line and counts it.
 pub async fn observe(
     req: ServiceRequest,
@@ -152,9 +178,9 @@ pub async fn observe(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let id = request_id(&req);
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let path = req.path().to_owned();
-    let span = tracing::info_span!("request", request_id = %id, %method, %path);
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), %path);
     let result = next.call(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let mut response = result?;
@@ -165,7 +191,7 @@ pub async fn observe(
         .unwrap_or_else(|| "unmatched".to_owned());
     metrics::counter!(
         "palaver_http_requests_total",
-        "method" => method.clone(), "route" => route.clone(), "status" => status.to_string()
+        "method" => method, "route" => route.clone(), "status" => status.to_string()
     )
     .increment(1);
     metrics::histogram!(

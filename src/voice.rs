@@ -240,8 +240,10 @@ pub async fn session_setup(
         ),
         Err(err) => (None, Some(err)),
     };
+    let mut conversation = conversation_config(assistant);
+    conversation.reconnect_grace_ms = settings.server.reconnect_grace_s * 1000;
     let setup = SessionSetup {
-        conversation: conversation_config(assistant),
+        conversation,
         llm: LlmSetup {
             model: llm,
             name: assistant.llm_model.clone(),
@@ -252,6 +254,7 @@ pub async fn session_setup(
         stt,
         store,
         client,
+        on_stopped: None,
     };
     Ok((
         setup,

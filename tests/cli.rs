@@ -248,3 +248,168 @@ fn serve_can_leave_the_local_engines_for_the_first_session_that_needs_them() {
         assert!(status.starts_with("not loaded yet"), "{engine}: {body}");
     }
 }
+
+/// Reads text frames until one of type `kind`; all frames read so far.
+async fn ws_until(socket: &mut WsSocket, kind: &str, seen: &mut Vec<serde_json::Value>) {
+    use futures_util::StreamExt;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(20), socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("no `{kind}` within 20 s: {seen:?}"));
+        match frame {
+            Some(Ok(awc::ws::Frame::Text(bytes))) => {
+                let event: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                let done = event["type"] == kind;
+                seen.push(event);
+                if done {
+                    return;
+                }
+            }
+            Some(Ok(_)) => {}
+            other => panic!("socket ended before `{kind}` ({other:?}): {seen:?}"),
+        }
+    }
+}
+
+type WsSocket = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
+
+#[actix_web::test]
+async fn sigterm_drains_live_calls_then_says_goodbye_and_loses_nothing() {
+    use futures_util::SinkExt;
+    let (fake_url, _fake) = common::voice::start_fake(vec![Ok("Happy to help.".into())]).await;
+    let env = Env::new();
+    let (ok, org, stderr) = env.run(&["admin", "create-org", "Drain Co"], None);
+    assert!(ok, "{stderr}");
+    let (ok, key, stderr) = env.run(&["admin", "create-key", "--org", &org], None);
+    assert!(ok, "{stderr}");
+    let vars = [
+        ("PALAVER_PROVIDERS_OPENAI_BASE_URL", fake_url.as_str()),
+        ("OPENAI_API_KEY", "sk-test"),
+        ("PALAVER_PROVIDERS_PRELOAD_LOCAL", "false"),
+        ("PALAVER_SERVER_DRAIN_TIMEOUT_S", "2"),
+    ];
+    let (mut guard, mut stderr, addr, mut log) = serve(&env, &vars);
+    let http = reqwest::Client::new();
+    let api = |path: &str| format!("http://{addr}{path}");
+    let assistant: serde_json::Value = http
+        .post(api("/v1/assistants"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({
+            "name": "Desk",
+            "llm": {"provider": "openai", "model": "fake-1"},
+            "stt": {"provider": "openai"},
+            "tts": {"provider": "openai", "voice_id": "alloy"},
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let create = || {
+        http.post(api("/v1/sessions"))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({"assistant_id": assistant["id"]}))
+            .send()
+    };
+    let session: serde_json::Value = create().await.unwrap().json().await.unwrap();
+    let id = session["id"].as_i64().unwrap();
+    let url = format!(
+        "ws://{addr}/v1/sessions/{id}/ws?token={}&audio=false",
+        session["token"].as_str().unwrap()
+    );
+    let (_, mut socket) = awc::Client::new().ws(url).connect().await.unwrap();
+    let mut seen = Vec::new();
+    let say = |text: &str| {
+        awc::ws::Message::Text(
+            serde_json::json!({"type": "user-message", "text": text})
+                .to_string()
+                .into(),
+        )
+    };
+    socket.send(say("hello")).await.unwrap();
+    ws_until(&mut socket, "assistant-message", &mut seen).await;
+
+    let pid = guard.0.as_ref().unwrap().id();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Out of the load balancer at once; no new sessions...
+    let mut ready = reqwest::StatusCode::OK;
+    for _ in 0..50 {
+        ready = http.get(api("/readyz")).send().await.unwrap().status();
+        if ready == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ready, reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let refused = create().await.unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    // ...while the live call goes on.
+    socket.send(say("one more thing")).await.unwrap();
+    ws_until(&mut socket, "assistant-message", &mut seen).await;
+    // Then the drain timeout: a goodbye, and the end.
+    ws_until(&mut socket, "session.ended", &mut seen).await;
+    let ended = seen.last().unwrap();
+    assert_eq!(ended["reason"], "server-shutdown", "{seen:?}");
+    let goodbye = seen
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "assistant.done")
+        .unwrap();
+    assert_eq!(
+        goodbye["text"],
+        palaver::server::SHUTDOWN_GOODBYE,
+        "{seen:?}"
+    );
+
+    assert!(
+        wait_for_line(&mut stderr, "shutdown complete", &mut log),
+        "no clean shutdown:\n{log}"
+    );
+    let exit = guard.0.take().unwrap().wait().unwrap();
+    assert!(exit.success(), "exit status {exit:?}\n{log}");
+    assert!(log.contains("draining"), "{log}");
+
+    // Everything was stored: read it back from a fresh server.
+    let (_guard, _stderr, addr, _) = serve(&env, &vars);
+    let get = |path: String| {
+        let http = http.clone();
+        let key = key.clone();
+        let url = format!("http://{addr}{path}");
+        async move {
+            http.get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let stored = get(format!("/v1/sessions/{id}")).await;
+    assert_eq!(stored["status"], "ended", "{stored}");
+    assert_eq!(stored["end_reason"], "server-shutdown", "{stored}");
+    let page = get(format!("/v1/sessions/{id}/messages?limit=100")).await;
+    let said: Vec<(&str, &str)> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        said,
+        [
+            ("user", "hello"),
+            ("assistant", "Happy to help."),
+            ("user", "one more thing"),
+            ("assistant", "Happy to help."),
+            ("assistant", palaver::server::SHUTDOWN_GOODBYE),
+        ],
+        "{page}"
+    );
+}

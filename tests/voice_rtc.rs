@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::TestServer;
-use common::voice::{Call, HEARD, call, spoken, wait_ended, wait_messages};
+use common::voice::{Call, HEARD, call, call_with, spoken, wait_ended, wait_messages};
 use palaver_loadtest::rtc_caller::{
     ConnectionState, ReceivedAudio, RtcCaller, RtcCallerConfig, RtcCallerError,
 };
@@ -464,15 +464,116 @@ async fn an_ended_session_cannot_be_joined_over_webrtc() {
 }
 
 #[actix_web::test]
-async fn a_caller_that_vanishes_is_hung_up() {
-    let call = call(vec![Ok("Hello.".into())], json!({})).await;
+async fn a_caller_that_vanishes_may_rejoin_over_a_websocket_or_is_let_go() {
+    let call = call_with(
+        vec![Ok("Hello.".into()), Ok("Still here.".into())],
+        json!({}),
+        |s| s.server.reconnect_grace_s = 2,
+    )
+    .await;
     let caller = join(&call).await;
     let mut seen = Seen::default();
     seen.until(&caller, "session.started").await;
     // No DELETE, no end-session: the peer connection just closes.
-    let gone = Instant::now();
     caller.close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, session) = call
+        .server
+        .get(&format!("/v1/sessions/{}", call.session), &call.key)
+        .await;
+    assert_eq!(session["status"], "active", "{session}");
+
+    // Back over the other transport, with the same token.
+    let url = format!(
+        "ws://{}/v1/sessions/{}/ws?token={}&audio=false",
+        call.server.addr, call.session, call.token
+    );
+    let (_, mut socket) = awc::Client::new().ws(url).connect().await.unwrap();
+    let mut events: Vec<Value> = Vec::new();
+    while events.last().is_none_or(|e| e["type"] != "session.resumed") {
+        events.push(next_text(&mut socket).await);
+    }
+    {
+        use futures_util::SinkExt;
+        let text = json!({"type": "user-message", "text": "Are you there?"}).to_string();
+        socket
+            .send(awc::ws::Message::Text(text.into()))
+            .await
+            .unwrap();
+    }
+    let stored = wait_messages(&call, 2).await;
+    assert_eq!(stored[0]["content"], "Are you there?", "{stored:?}");
+    assert_eq!(stored[1]["content"], "Hello.", "{stored:?}");
+
+    // Gone again, for good this time.
+    drop(socket);
     let session = wait_ended(&call).await;
-    assert_eq!(session["end_reason"], "hang-up");
-    eprintln!("hung up {:?} after the caller vanished", gone.elapsed());
+    assert_eq!(session["end_reason"], "connection-lost");
+}
+
+#[actix_web::test]
+async fn an_offer_that_never_connects_is_hung_up_after_the_connect_timeout() {
+    let call = call_with(vec![Ok("Hello.".into())], json!({}), |s| {
+        s.rtc.connect_timeout_ms = 1_000;
+    })
+    .await;
+    // A real offer, posted to a second session whose caller never runs ICE:
+    // the ICE credentials are another peer's, so nobody will ever connect.
+    let caller = join(&call).await;
+    let (second, token) = call
+        .server
+        .session(&call.key, assistant_of(&call).await)
+        .await;
+    let (status, answer) = post_offer(
+        &call.server,
+        second,
+        Some(&token),
+        "application/sdp",
+        caller.offer_sdp().to_owned(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let path = format!("/v1/sessions/{second}");
+    let mut session = Value::Null;
+    for _ in 0..100 {
+        (_, session) = call.server.get(&path, &call.key).await;
+        if session["status"] != "active" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(session["status"], "ended", "{session}");
+    assert_eq!(session["end_reason"], "connect-timeout", "{session}");
+    // The caller that did connect is still in its call.
+    let (_, first) = call
+        .server
+        .get(&format!("/v1/sessions/{}", call.session), &call.key)
+        .await;
+    assert_eq!(first["status"], "active", "{first}");
+    caller.close().await;
+}
+
+async fn assistant_of(call: &Call) -> i64 {
+    let (_, session) = call
+        .server
+        .get(&format!("/v1/sessions/{}", call.session), &call.key)
+        .await;
+    session["assistant_id"].as_i64().unwrap()
+}
+
+/// The next JSON text frame of a WebSocket (bounded at 10 s).
+async fn next_text(socket: &mut actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>) -> Value {
+    use futures_util::StreamExt;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame within 10 s");
+        match frame {
+            Some(Ok(awc::ws::Frame::Text(bytes))) => {
+                return serde_json::from_slice(&bytes).unwrap();
+            }
+            Some(Ok(_)) => {}
+            other => panic!("the socket ended: {other:?}"),
+        }
+    }
 }

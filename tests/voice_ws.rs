@@ -645,3 +645,115 @@ async fn opus_over_websocket_when_the_client_asks_for_it() {
     read_until(&mut socket, &mut seen, "error").await;
     assert_eq!(seen.first("error").unwrap()["code"], "invalid_opus");
 }
+
+async fn session_of(call: &Call) -> Value {
+    let (_, session) = call
+        .server
+        .get(&format!("/v1/sessions/{}", call.session), &call.key)
+        .await;
+    session
+}
+
+#[actix_web::test]
+async fn a_dropped_caller_rejoins_with_the_same_token_and_hears_the_rest_of_the_reply() {
+    let long = "one two three four five six seven eight nine ten eleven twelve thirteen \
+                fourteen fifteen sixteen seventeen eighteen nineteen twenty.";
+    let call = call(vec![Ok(long.into()), Ok("Welcome back.".into())], json!({})).await;
+    let mut socket = connect(&call, "").await;
+    let mut seen = Seen::default();
+    read_until(&mut socket, &mut seen, "session.started").await;
+    say(&mut socket, "Count for me").await;
+    read_until(&mut socket, &mut seen, "assistant.speaking").await;
+    while seen.audio_frames < 25 {
+        read_next(&mut socket, &mut seen).await.expect("audio");
+    }
+    let heard_before = seen.audio_frames;
+    // The network goes: no close frame, the connection just ends.
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(session_of(&call).await["status"], "active");
+
+    let mut socket = connect(&call, "").await;
+    let mut again = Seen::default();
+    read_until(&mut socket, &mut again, "session.resumed").await;
+    assert_eq!(again.events[0]["type"], "connected");
+    read_until(&mut socket, &mut again, "assistant.done").await;
+    // What was not heard plays after the rejoin, not from the start and
+    // not cut: the frames before and after add up to the whole reply
+    // (less what was in flight when the connection went).
+    let whole = long.chars().count() * MS_PER_CHAR / 20;
+    let heard = heard_before + again.audio_frames;
+    assert!(
+        again.audio_frames > 0 && heard <= whole + 2 && heard + 40 >= whole,
+        "{heard_before} + {} frames of {whole}",
+        again.audio_frames
+    );
+    say(&mut socket, "Thanks").await;
+    read_until(&mut socket, &mut again, "assistant-message").await;
+    let stored = wait_messages(&call, 4).await;
+    let said: Vec<(&str, &str, bool)> = stored
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap(),
+                m["content"].as_str().unwrap(),
+                m["interrupted"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        said,
+        [
+            ("user", "Count for me", false),
+            ("assistant", long, false),
+            ("user", "Thanks", false),
+            ("assistant", "Welcome back.", false),
+        ]
+    );
+    // The model saw the whole conversation on the second turn.
+    let request = call.fake.chats.lock().unwrap()[1].clone();
+    assert_eq!(request["messages"][1]["content"], "Count for me");
+    assert_eq!(request["messages"][2]["content"], long);
+
+    // A second connection while one carries the call is refused.
+    let url = format!(
+        "ws://{}/v1/sessions/{}/ws?token={}",
+        call.server.addr, call.session, call.token
+    );
+    let refused = awc::Client::new().ws(url).connect().await;
+    assert!(refused.is_err(), "a second connection joined a live call");
+}
+
+#[actix_web::test]
+async fn a_caller_who_does_not_rejoin_in_time_ends_as_connection_lost() {
+    let call = common::voice::call_with(vec![Ok("Hello.".into())], json!({}), |s| {
+        s.server.reconnect_grace_s = 1;
+    })
+    .await;
+    let mut socket = connect(&call, "").await;
+    let mut seen = Seen::default();
+    read_until(&mut socket, &mut seen, "session.started").await;
+    drop(socket);
+    let session = common::voice::wait_ended(&call).await;
+    assert_eq!(session["end_reason"], "connection-lost", "{session}");
+    // The session is over: the token cannot bring it back.
+    let url = format!(
+        "ws://{}/v1/sessions/{}/ws?token={}",
+        call.server.addr, call.session, call.token
+    );
+    assert!(awc::Client::new().ws(url).connect().await.is_err());
+}
+
+#[actix_web::test]
+async fn a_normal_close_is_a_hang_up() {
+    let call = call(vec![Ok("Hello.".into())], json!({})).await;
+    let mut socket = connect(&call, "").await;
+    let mut seen = Seen::default();
+    read_until(&mut socket, &mut seen, "session.started").await;
+    socket
+        .send(Message::Close(Some(awc::ws::CloseCode::Normal.into())))
+        .await
+        .unwrap();
+    let session = common::voice::wait_ended(&call).await;
+    assert_eq!(session["end_reason"], "hang-up", "{session}");
+}

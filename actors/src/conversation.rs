@@ -61,6 +61,21 @@ pub struct ConversationConfig {
     /// caller hears it from its first word, and what was heard counts from
     /// there), and the caller's idle time starts then.
     pub wait_for_media: bool,
+    /// The most history, in estimated tokens (about four characters each),
+    /// a language model request carries: the system prompt and the newest
+    /// messages that fit. A long session (or a client typing thousands of
+    /// messages) then costs bounded memory and a bounded copy per turn.
+    pub history_token_budget: usize,
+    /// How long a caller whose connection dropped may rejoin
+    /// ([`Input::TransportLost`]) before the session ends with reason
+    /// `connection-lost`; 0 ends it at once, with reason `hang-up`.
+    pub reconnect_grace_ms: Millis,
+}
+
+/// Tokens a message is estimated to cost: about four characters a token,
+/// plus the few a chat template adds per message.
+fn estimated_tokens(message: &ChatMessage) -> usize {
+    message.content.len().div_ceil(4) + 4
 }
 
 impl Default for ConversationConfig {
@@ -79,9 +94,15 @@ impl Default for ConversationConfig {
             max_chunk_chars: 200,
             speak: true,
             wait_for_media: false,
+            history_token_budget: 4_000,
+            reconnect_grace_ms: 20_000,
         }
     }
 }
+
+/// Longest a goodbye may take before the session ends anyway (a voice that
+/// fails or media that never connects must not hold a shutdown).
+pub const FAREWELL_MAX_MS: Millis = 10_000;
 
 /// Who said a history message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,9 +160,23 @@ pub enum Input {
     AudioSent { audio_ms: u32 },
     /// The caller hung up, or the API ended the session.
     Hangup { reason: EndReason },
+    /// Say `text`, then end with `reason` (a node shutting down): a reply
+    /// in progress is cut short as an interruption would, the caller's
+    /// speech no longer takes turns, and the session ends once the goodbye
+    /// was heard, or [`FAREWELL_MAX_MS`] later whatever happened.
+    Goodbye { text: String, reason: EndReason },
     /// The caller's audio path came up (see
     /// [`ConversationConfig::wait_for_media`]); later ones change nothing.
     MediaConnected,
+    /// The caller's connection dropped without a hang-up. The conversation
+    /// waits `reconnect_grace_ms` for them: the reply goes on being
+    /// prepared but no audio plays, so what they did not hear is still
+    /// queued when they come back ([`Input::TransportRestored`], then
+    /// [`Input::MediaConnected`] once their audio path is up).
+    TransportLost,
+    /// The caller rejoined: the session no longer ends at the grace
+    /// deadline.
+    TransportRestored,
 }
 
 /// Why a session ended.
@@ -158,6 +193,13 @@ pub enum EndReason {
     IdleTimeout,
     /// The session reached `max_duration_ms`.
     MaxDuration,
+    /// The caller's media (WebRTC ICE and DTLS) never came up.
+    ConnectTimeout,
+    /// The node is shutting down: the caller heard a goodbye first.
+    ServerShutdown,
+    /// The caller's connection dropped and they did not rejoin within
+    /// `reconnect_grace_ms`.
+    ConnectionLost,
 }
 
 impl EndReason {
@@ -168,6 +210,9 @@ impl EndReason {
             EndReason::EndedByApi => "ended-by-api",
             EndReason::IdleTimeout => "idle-timeout",
             EndReason::MaxDuration => "max-duration",
+            EndReason::ConnectTimeout => "connect-timeout",
+            EndReason::ServerShutdown => "server-shutdown",
+            EndReason::ConnectionLost => "connection-lost",
         }
     }
 }
@@ -413,6 +458,9 @@ pub struct Conversation {
     config: ConversationConfig,
     phase: Phase,
     history: Vec<ChatMessage>,
+    /// [`estimated_tokens`] of `history`, kept within
+    /// [`ConversationConfig::history_token_budget`].
+    history_tokens: usize,
     outputs: VecDeque<Output>,
     utterance: Option<Utterance>,
     reply: Option<Reply>,
@@ -424,6 +472,12 @@ pub struct Conversation {
     last_input: Millis,
     /// [`ConversationConfig::wait_for_media`], until it connects.
     awaiting_media: bool,
+    /// Saying goodbye ([`Input::Goodbye`]): end with this reason once it
+    /// is heard, or at this time.
+    farewell: Option<(EndReason, Millis)>,
+    /// The caller's connection dropped ([`Input::TransportLost`]): the
+    /// session ends at this time unless they rejoin.
+    rejoin_deadline: Option<Millis>,
 }
 
 impl Conversation {
@@ -438,10 +492,12 @@ impl Conversation {
             });
         }
         let awaiting_media = config.wait_for_media;
+        let history_tokens = history.iter().map(estimated_tokens).sum();
         let mut conversation = Self {
             config,
             phase: Phase::Listening,
             history,
+            history_tokens,
             outputs: VecDeque::new(),
             utterance: None,
             reply: None,
@@ -451,6 +507,8 @@ impl Conversation {
             last_activity: 0,
             last_input: 0,
             awaiting_media,
+            farewell: None,
+            rejoin_deadline: None,
         };
         if let Some(first) = conversation.config.first_message.clone() {
             conversation.say_first_message(0, first);
@@ -459,10 +517,16 @@ impl Conversation {
     }
 
     fn say_first_message(&mut self, now: Millis, first: String) {
+        self.say(now, first, self.config.first_message_interruptible);
+    }
+
+    /// Speaks `text` as a reply that needs no language model.
+    fn say(&mut self, now: Millis, text: String, interruptible: bool) {
+        let first = text;
         let turn = self.take_turn_id();
         self.reply = Some(Reply {
             turn,
-            interruptible: self.config.first_message_interruptible,
+            interruptible,
             llm_running: false,
             text: first.clone(),
             pending: String::new(),
@@ -490,8 +554,25 @@ impl Conversation {
         }
     }
 
+    /// The caller dropped: audio holds until they are back, a half-said
+    /// utterance is forgotten, and the session waits for them.
+    fn on_transport_lost(&mut self, now: Millis) {
+        if self.config.reconnect_grace_ms == 0 {
+            self.end(now, EndReason::Hangup);
+            return;
+        }
+        self.awaiting_media = true;
+        self.interruption = None;
+        self.utterance = None;
+        if self.reply.is_none() {
+            self.phase = Phase::Listening;
+        }
+        self.rejoin_deadline = Some(now + self.config.reconnect_grace_ms);
+    }
+
     /// Whether the caller's media has yet to connect (see
-    /// [`ConversationConfig::wait_for_media`]): no audio plays until then.
+    /// [`ConversationConfig::wait_for_media`]), or is gone until the caller
+    /// rejoins: no audio plays until then.
     pub fn awaiting_media(&self) -> bool {
         self.awaiting_media
     }
@@ -503,6 +584,30 @@ impl Conversation {
     /// The history the next LLM request would see.
     pub fn history(&self) -> &[ChatMessage] {
         &self.history
+    }
+
+    /// Adds a message to the history, then forgets the oldest messages
+    /// after the system prompt until the history fits its token budget (the
+    /// newest message stays, whatever its size).
+    fn remember(&mut self, role: ChatRole, content: String) {
+        let message = ChatMessage { role, content };
+        self.history_tokens += estimated_tokens(&message);
+        self.history.push(message);
+        let first = usize::from(
+            self.history
+                .first()
+                .is_some_and(|m| m.role == ChatRole::System),
+        );
+        let mut forget = 0;
+        let mut tokens = self.history_tokens;
+        while tokens > self.config.history_token_budget && first + forget + 1 < self.history.len() {
+            tokens -= estimated_tokens(&self.history[first + forget]);
+            forget += 1;
+        }
+        if forget > 0 {
+            self.history.drain(first..first + forget);
+            self.history_tokens = tokens;
+        }
     }
 
     /// The next output to act on, in order.
@@ -527,8 +632,17 @@ impl Conversation {
         {
             next = next.min(ended + self.config.end_of_turn_ms);
         }
-        if self.phase == Phase::Listening && self.utterance.is_none() {
+        if self.phase == Phase::Listening
+            && self.utterance.is_none()
+            && self.rejoin_deadline.is_none()
+        {
             next = next.min(self.last_activity + self.config.idle_timeout_ms);
+        }
+        if let Some((_, deadline)) = self.farewell {
+            next = next.min(deadline);
+        }
+        if let Some(deadline) = self.rejoin_deadline {
+            next = next.min(deadline);
         }
         Some(next)
     }
@@ -543,12 +657,23 @@ impl Conversation {
             self.end(now, EndReason::MaxDuration);
             return;
         }
+        if let Some((reason, deadline)) = self.farewell
+            && now >= deadline
+        {
+            self.end(now, reason);
+            return;
+        }
+        if self.rejoin_deadline.is_some_and(|deadline| now >= deadline) {
+            self.end(now, EndReason::ConnectionLost);
+            return;
+        }
         if self.interruption.is_some_and(|p| p.due(now)) {
             self.consider_interruption(now);
         }
         self.maybe_end_turn(now);
         if self.phase == Phase::Listening
             && self.utterance.is_none()
+            && self.rejoin_deadline.is_none()
             && now >= self.last_activity + self.config.idle_timeout_ms
         {
             self.end(now, EndReason::IdleTimeout);
@@ -577,7 +702,10 @@ impl Conversation {
             Input::TtsFailed { chunk, message } => self.on_tts_failed(now, chunk, message),
             Input::AudioSent { audio_ms } => self.on_audio_sent(now, audio_ms),
             Input::Hangup { reason } => self.end(now, reason),
+            Input::Goodbye { text, reason } => self.on_goodbye(now, text, reason),
             Input::MediaConnected => self.on_media_connected(now),
+            Input::TransportLost => self.on_transport_lost(now),
+            Input::TransportRestored => self.rejoin_deadline = None,
         }
         self.handle_timeout(now);
     }
@@ -701,6 +829,11 @@ impl Conversation {
         if text.is_empty() {
             return;
         }
+        if self.farewell.is_some() {
+            // Too late for an answer, not for the transcript.
+            self.store_user_text(text, now, now);
+            return;
+        }
         if self.reply.is_some() {
             // A typed message interrupts like speech past every threshold.
             self.interrupt(now, now);
@@ -741,20 +874,8 @@ impl Conversation {
         speech_ended_at: Millis,
         transcript_ms: Option<u32>,
     ) {
-        self.emit(Event::TranscriptFinal { text: text.clone() });
-        self.outputs.push_back(Output::Store(StoredMessage {
-            role: ChatRole::User,
-            content: text.clone(),
-            heard_text: None,
-            interrupted: false,
-            started_at,
-            ended_at: speech_ended_at,
-            latency: TurnLatency::default(),
-        }));
-        self.history.push(ChatMessage {
-            role: ChatRole::User,
-            content: text,
-        });
+        self.store_user_text(text.clone(), started_at, speech_ended_at);
+        self.remember(ChatRole::User, text);
         let turn = self.take_turn_id();
         self.reply = Some(Reply {
             turn,
@@ -778,6 +899,20 @@ impl Conversation {
             turn,
             messages: self.history.clone(),
         });
+    }
+
+    /// Shows the caller's words as final and stores them.
+    fn store_user_text(&mut self, text: String, started_at: Millis, ended_at: Millis) {
+        self.emit(Event::TranscriptFinal { text: text.clone() });
+        self.outputs.push_back(Output::Store(StoredMessage {
+            role: ChatRole::User,
+            content: text,
+            heard_text: None,
+            interrupted: false,
+            started_at,
+            ended_at,
+            latency: TurnLatency::default(),
+        }));
     }
 
     // --- barge-in -------------------------------------------------------
@@ -821,10 +956,7 @@ impl Conversation {
         }
         if !heard.is_empty() {
             // The model must not believe it said what the caller never heard.
-            self.history.push(ChatMessage {
-                role: ChatRole::Assistant,
-                content: heard,
-            });
+            self.remember(ChatRole::Assistant, heard);
         }
         self.phase = if self.utterance.as_ref().is_some_and(|u| u.speaking) {
             Phase::UserSpeaking
@@ -1001,10 +1133,7 @@ impl Conversation {
         }));
         let remembered = if partial { heard } else { text };
         if !remembered.is_empty() {
-            self.history.push(ChatMessage {
-                role: ChatRole::Assistant,
-                content: remembered,
-            });
+            self.remember(ChatRole::Assistant, remembered);
         }
         self.interruption = None;
         self.phase = if self.utterance.as_ref().is_some_and(|u| u.speaking) {
@@ -1014,6 +1143,29 @@ impl Conversation {
         };
         self.utterance = self.utterance.take().filter(|u| u.speaking);
         self.last_activity = now;
+        if let Some((reason, _)) = self.farewell {
+            self.end(now, reason);
+        }
+    }
+
+    /// Cuts any reply short, then says `text` and ends with `reason`.
+    fn on_goodbye(&mut self, now: Millis, text: String, reason: EndReason) {
+        if self.farewell.is_some() {
+            return;
+        }
+        self.farewell = Some((reason, now + FAREWELL_MAX_MS));
+        self.interruption = None;
+        self.utterance = None;
+        if let Some(reply) = self.reply.take() {
+            let heard = self.cut_reply(&reply, now);
+            self.emit(Event::AssistantInterrupted {
+                heard_text: heard.clone(),
+            });
+            if !heard.is_empty() {
+                self.remember(ChatRole::Assistant, heard);
+            }
+        }
+        self.say(now, text, false);
     }
 
     /// Stops a reply that will not finish: providers cancelled, queued audio

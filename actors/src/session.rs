@@ -111,6 +111,9 @@ pub struct SessionSetup {
     pub store: Arc<dyn SessionStore>,
     /// Bounded: a client that stops reading loses audio frames, not memory.
     pub client: tokio::sync::mpsc::Sender<ToClient>,
+    /// Dropped with the actor, once its transcript and end are stored:
+    /// whoever holds the receiver learns the session is over.
+    pub on_stopped: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl std::fmt::Debug for SessionSetup {
@@ -135,6 +138,35 @@ pub struct CallerAudio(pub AudioFrame);
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Hangup(pub EndReason);
+
+/// Say the text, then end the session with the reason (see
+/// [`Input::Goodbye`]): a node shutting down lets its callers hear why.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Goodbye {
+    pub text: String,
+    pub reason: EndReason,
+}
+
+/// The caller's connection dropped without a hang-up: the session waits
+/// for them to rejoin (see [`Input::TransportLost`]); events meanwhile are
+/// held for them.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Detach;
+
+/// The caller rejoined: events and audio go to `client` from now on, the
+/// events held meanwhile first. `media_ready`: their audio path is up
+/// already (a WebSocket); over WebRTC, [`MediaConnected`] follows.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Attach {
+    pub client: tokio::sync::mpsc::Sender<ToClient>,
+    pub media_ready: bool,
+}
+
+/// Events held for a caller who dropped, at most (the oldest go first).
+const HELD_EVENTS: usize = 256;
 
 /// The caller's audio path is up (WebRTC: ICE and DTLS done): audio held
 /// until then (the first message, synthesized meanwhile) starts playing.
@@ -256,6 +288,10 @@ pub struct SessionActor {
     ears: Option<Ears>,
     timer: Option<SpawnHandle>,
     ended: bool,
+    /// The caller dropped ([`Detach`]): events wait here for them.
+    held: Option<VecDeque<Event>>,
+    /// See [`SessionSetup::on_stopped`].
+    _on_stopped: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl std::fmt::Debug for SessionActor {
@@ -300,6 +336,8 @@ impl SessionActor {
             }),
             timer: None,
             ended: false,
+            held: None,
+            _on_stopped: setup.on_stopped,
         }
     }
 
@@ -313,7 +351,16 @@ impl SessionActor {
         self.drain(ctx);
     }
 
-    fn send(&self, message: ToClient) {
+    fn send(&mut self, message: ToClient) {
+        if let Some(held) = self.held.as_mut() {
+            if let ToClient::Event(event) = message {
+                if held.len() == HELD_EVENTS {
+                    held.pop_front();
+                }
+                held.push_back(event);
+            }
+            return;
+        }
         if let Err(err) = self.client.try_send(message) {
             match err {
                 tokio::sync::mpsc::error::TrySendError::Full(ToClient::Audio(_)) => {
@@ -746,6 +793,51 @@ impl Handler<Hangup> for SessionActor {
 
     fn handle(&mut self, msg: Hangup, ctx: &mut Context<Self>) {
         self.feed(Input::Hangup { reason: msg.0 }, ctx);
+    }
+}
+
+impl Handler<Detach> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Detach, ctx: &mut Context<Self>) {
+        if self.ended {
+            return;
+        }
+        tracing::info!("the caller's connection dropped; waiting for them to rejoin");
+        self.held.get_or_insert_with(VecDeque::new);
+        self.feed(Input::TransportLost, ctx);
+    }
+}
+
+impl Handler<Attach> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Attach, ctx: &mut Context<Self>) {
+        self.client = msg.client;
+        if let Some(held) = self.held.take() {
+            tracing::info!(held = held.len(), "the caller rejoined");
+            for event in held {
+                self.send(ToClient::Event(event));
+            }
+        }
+        self.feed(Input::TransportRestored, ctx);
+        if msg.media_ready {
+            self.feed(Input::MediaConnected, ctx);
+        }
+    }
+}
+
+impl Handler<Goodbye> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Goodbye, ctx: &mut Context<Self>) {
+        self.feed(
+            Input::Goodbye {
+                text: msg.text,
+                reason: msg.reason,
+            },
+            ctx,
+        );
     }
 }
 

@@ -55,6 +55,14 @@ pub enum ApiError {
     /// 409: the thing exists or is in a state that forbids this.
     #[error("{0}")]
     Conflict(String),
+    /// 405: the path exists, not with this method; `allow` lists those it
+    /// has.
+    #[error("{message}")]
+    MethodNotAllowed { message: String, allow: String },
+    /// 408: the body did not arrive within `server.body_read_timeout_ms`;
+    /// the connection is closed after the answer.
+    #[error("the request body did not arrive within {0} ms")]
+    BodyTimeout(u64),
     /// 413: body larger than the configured limit.
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
@@ -97,6 +105,8 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::BodyTimeout(_) => "body_timeout",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::RateLimited { .. } => "rate_limited",
@@ -125,6 +135,8 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } | ApiError::QuotaExceeded(_) => {
@@ -164,6 +176,13 @@ impl ResponseError for ApiError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"palaver\""),
                 ));
+            }
+            ApiError::MethodNotAllowed { allow, .. } => {
+                response.insert_header((header::ALLOW, allow.as_str()));
+            }
+            // The rest of a slow body is not waited for.
+            ApiError::BodyTimeout(_) => {
+                response.force_close();
             }
             _ => {}
         }

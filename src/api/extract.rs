@@ -14,6 +14,7 @@ use actix_web::{FromRequest, HttpRequest};
 use chrono::TimeDelta;
 use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -234,12 +235,35 @@ impl Caller {
     }
 }
 
+/// The extractor of every route that is not one session's: an API key or a
+/// user. A session's join token (which a browser holds) is refused here, so
+/// a route reaches no more than its session unless it asks for
+/// [`SessionCaller`].
 impl FromRequest for Caller {
     type Error = ApiError;
     type Future = std::future::Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        std::future::ready(Caller::from_request_sync(req))
+        std::future::ready(Caller::from_request_sync(req).and_then(|caller| {
+            caller.require_org_credential()?;
+            Ok(caller)
+        }))
+    }
+}
+
+/// The extractor of one session's routes (read it, its transcript, join,
+/// hang up): an API key, a user, or that session's join token. The handler
+/// must still check the session with [`Caller::can_see_session`] (through
+/// `visible_session`).
+#[derive(Debug, Clone, Copy)]
+pub struct SessionCaller(pub Caller);
+
+impl FromRequest for SessionCaller {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(Caller::from_request_sync(req).map(SessionCaller))
     }
 }
 
@@ -334,19 +358,24 @@ fn content_type(req: &HttpRequest) -> Option<String> {
         .map(|mime| mime.trim().to_ascii_lowercase())
 }
 
-/// A request body read up to `server.body_limit_bytes` (413 beyond).
+/// A request body read up to `server.body_limit_bytes` (413 beyond) within
+/// `server.body_read_timeout_ms` (408 beyond).
 struct LimitedBody {
     payload: Payload,
     declared: Option<usize>,
     limit: usize,
+    timeout_ms: u64,
 }
 
 impl LimitedBody {
     fn new(req: &HttpRequest, payload: &mut Payload) -> Self {
-        let limit = req
-            .app_data::<Data<AppState>>()
-            .map(|s| s.settings.server.body_limit_bytes)
-            .unwrap_or(256 * 1024);
+        let server = req.app_data::<Data<AppState>>().map(|s| {
+            (
+                s.settings.server.body_limit_bytes,
+                s.settings.server.body_read_timeout_ms,
+            )
+        });
+        let (limit, timeout_ms) = server.unwrap_or((256 * 1024, 10_000));
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -356,6 +385,7 @@ impl LimitedBody {
             payload: payload.take(),
             declared,
             limit,
+            timeout_ms,
         }
     }
 
@@ -367,7 +397,20 @@ impl LimitedBody {
         Ok(())
     }
 
-    async fn read(mut self) -> Result<BytesMut, ApiError> {
+    async fn read(self) -> Result<BytesMut, ApiError> {
+        let timeout_ms = self.timeout_ms;
+        tokio::time::timeout(
+            std::time::Duration::from_millis(timeout_ms),
+            self.read_all(),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            ::metrics::counter!("palaver_http_body_timeouts_total").increment(1);
+            Err(ApiError::BodyTimeout(timeout_ms))
+        })
+    }
+
+    async fn read_all(mut self) -> Result<BytesMut, ApiError> {
         let mut body = BytesMut::new();
         while let Some(chunk) = self.payload.next().await {
             let chunk = chunk.map_err(|e| ApiError::BadRequest {
@@ -403,7 +446,10 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         }
     };
     let mut de = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+    let mut tree = serde_json::Value::deserialize(&mut de).map_err(syntax)?;
+    de.end().map_err(syntax)?;
+    integral_numbers_as_integers(&mut tree);
+    let value = serde_path_to_error::deserialize(tree).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
         if inner.is_data() {
@@ -424,6 +470,28 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             syntax(inner)
         }
     })?;
-    de.end().map_err(syntax)?;
     Ok(value)
+}
+
+/// JSON has one kind of number: `3.0` is the integer 3 (JSON Schema agrees,
+/// so a client generated from the OpenAPI document may send it), while serde
+/// takes only `3` for an integer field. Whole numbers that a double holds
+/// exactly become integers; anything else (`2.5`) is left to be refused.
+fn integral_numbers_as_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    /// 2^53: every whole double below it is exact.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match value {
+        Value::Number(number) if !number.is_i64() && !number.is_u64() => {
+            if let Some(float) = number.as_f64()
+                && float.fract() == 0.0
+                && float.abs() < EXACT
+            {
+                *number = serde_json::Number::from(float as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_numbers_as_integers),
+        _ => {}
+    }
 }

@@ -2,9 +2,13 @@
 //! setup, activation, the actor) and the JSON protocol spoken over a
 //! WebSocket or a WebRTC data channel.
 
+use std::sync::Arc;
+
 use actix::{Actor, Addr};
 use palaver_actors::conversation::{EndReason, Event};
-use palaver_actors::session::{Hangup, SessionActor, SessionSetup, ToClient, UserText};
+use palaver_actors::session::{
+    Attach, Detach, Hangup, SessionActor, SessionSetup, ToClient, UserText,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -13,7 +17,7 @@ use super::extract::Caller;
 use super::sessions::visible_session;
 use crate::ids::{OrgId, SessionId};
 use crate::model::Transport;
-use crate::state::AppState;
+use crate::state::{AppState, RateKey};
 use crate::store;
 use crate::voice::{self, DbSessionStore, Degraded};
 
@@ -33,12 +37,77 @@ pub struct Joining {
 }
 
 /// A joined session: its actor, what it sends the client, and what it
-/// cannot do.
+/// cannot do. `resumed`: the caller rejoined a session whose connection
+/// had dropped.
 #[derive(Debug)]
 pub struct Joined {
     pub actor: Addr<SessionActor>,
     pub from_actor: tokio::sync::mpsc::Receiver<ToClient>,
-    pub degraded: Degraded,
+    pub degraded: Arc<Degraded>,
+    pub resumed: bool,
+}
+
+/// How a transport's connection to the caller ended, for [`Joined::close`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportEnd {
+    /// The session ended (the loop saw `session.ended`, or the actor
+    /// stopped): nothing to tell.
+    SessionOver,
+    /// The caller hung up on purpose.
+    HungUp,
+    /// The connection dropped: the session waits `server.reconnect_grace_s`
+    /// for the caller to rejoin.
+    Dropped,
+}
+
+impl Joined {
+    /// Tells the session how its transport ended.
+    pub fn close(&self, state: &AppState, id: SessionId, end: TransportEnd) {
+        match end {
+            TransportEnd::SessionOver => {}
+            TransportEnd::HungUp => self.actor.do_send(Hangup(EndReason::Hangup)),
+            TransportEnd::Dropped => {
+                state.live.detach(id);
+                self.actor.do_send(Detach);
+            }
+        }
+    }
+}
+
+/// A caller coming back to session `id` after their connection dropped,
+/// if it waits for them on this node; `None` otherwise (join it anew).
+/// The caller must be allowed to see the session (404 as usual).
+pub async fn waiting_for_rejoin(
+    state: &AppState,
+    caller: &Caller,
+    id: SessionId,
+) -> Result<bool, ApiError> {
+    if !state.live.is_detached(id) {
+        return Ok(false);
+    }
+    visible_session(state, caller, id).await?;
+    Ok(true)
+}
+
+/// Hands the session waiting for its caller to a new transport (call
+/// [`waiting_for_rejoin`] first). `media_ready`: the transport's audio
+/// path is up already (a WebSocket). 409 when another rejoin won.
+pub fn rejoin(state: &AppState, id: SessionId, media_ready: bool) -> Result<Joined, ApiError> {
+    let (actor, degraded) = state.live.reattach(id).ok_or_else(|| {
+        ApiError::Conflict(format!("session {id} was rejoined by another connection"))
+    })?;
+    let (client_tx, client_rx) = tokio::sync::mpsc::channel(CLIENT_QUEUE);
+    actor.do_send(Attach {
+        client: client_tx,
+        media_ready,
+    });
+    tracing::info!(session = %id, "caller rejoined");
+    Ok(Joined {
+        actor,
+        from_actor: client_rx,
+        degraded,
+        resumed: true,
+    })
 }
 
 impl Joining {
@@ -50,6 +119,7 @@ impl Joining {
         id: SessionId,
         speak: bool,
     ) -> Result<Self, ApiError> {
+        state.refuse_if_draining()?;
         let session = visible_session(state, caller, id).await?;
         let org = caller.org;
         let assistant_id = session.assistant_id;
@@ -100,33 +170,66 @@ impl Joining {
         // Over WebRTC the answer goes out before ICE and DTLS complete: the
         // first message waits for the audio path (`MediaConnected`).
         setup.conversation.wait_for_media = transport == Transport::Webrtc;
+        // The session leaves this node's live list when its actor stops,
+        // which it does once its transcript and its end are stored: not
+        // when a transport ends (the caller may rejoin), and never before
+        // the writes (a draining node closes storage after the list empties).
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
+        setup.on_stopped = Some(stopped_tx);
         let actor = SessionActor::new(setup).start();
-        state.live.insert(id, actor.clone());
+        let degraded = Arc::new(self.degraded);
+        state.live.insert(id, actor.clone(), degraded.clone());
+        let live = state.live.clone();
+        actix_web::rt::spawn(async move {
+            let _ = stopped_rx.await;
+            live.remove(id);
+        });
         Ok(Joined {
             actor,
             from_actor: self.client_rx,
-            degraded: self.degraded,
+            degraded,
+            resumed: false,
         })
     }
 }
 
-/// A client text message.
+/// A client text message. `EndSession` has braces so that unknown fields
+/// are refused there too (serde lets a unit variant of an internally
+/// tagged enum ignore them).
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 enum ClientMessage {
     UserMessage { text: String },
-    EndSession,
+    EndSession {},
 }
 
-/// Acts on one client text message; returns the `error` frame for one the
-/// server cannot read (the connection stays up).
-pub fn client_text(text: &str, actor: &Addr<SessionActor>) -> Option<String> {
+/// Acts on one client text message of session `id`; returns the `error`
+/// frame for one the server cannot read, or one over the session's rate
+/// limit (the connection stays up). Every text message counts against the
+/// session's bucket (`limits.requests_per_second`, `limits.burst`), the one
+/// its join token's REST calls draw from: each `user-message` starts a turn.
+pub fn client_text(
+    state: &AppState,
+    id: SessionId,
+    text: &str,
+    actor: &Addr<SessionActor>,
+) -> Option<String> {
+    if let Err(retry) = state.limits.check(RateKey::Session(id)) {
+        ::metrics::counter!("palaver_session_messages_rate_limited_total").increment(1);
+        return Some(error_frame(
+            "rate_limited",
+            format!(
+                "too many messages on this session; try again in {} s",
+                retry.seconds
+            ),
+        ));
+    }
     match serde_json::from_str::<ClientMessage>(text) {
         Ok(ClientMessage::UserMessage { text }) => {
             actor.do_send(UserText(text));
             None
         }
-        Ok(ClientMessage::EndSession) => {
+        Ok(ClientMessage::EndSession {}) => {
             actor.do_send(Hangup(EndReason::EndSession));
             None
         }
@@ -139,12 +242,19 @@ pub fn client_text(text: &str, actor: &Addr<SessionActor>) -> Option<String> {
     }
 }
 
-/// The frames a client gets on joining: `connected`, `session.started`, and
-/// an `error` for a voice that cannot be used.
-pub fn hello_frames(id: SessionId, degraded: &Degraded) -> Vec<String> {
+/// The frames a client gets on joining: `connected`, `session.started` (or
+/// `session.resumed` for a caller who rejoined), and an `error` for a voice
+/// that cannot be used.
+pub fn hello_frames(id: SessionId, joined: &Joined) -> Vec<String> {
+    let degraded = &joined.degraded;
+    let started = if joined.resumed {
+        "session.resumed"
+    } else {
+        "session.started"
+    };
     let mut frames = vec![
         json!({"type": "connected", "session_id": id}).to_string(),
-        json!({"type": "session.started"}).to_string(),
+        json!({"type": started}).to_string(),
     ];
     if let Some(err) = &degraded.voice {
         frames.push(error_frame(

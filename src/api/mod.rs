@@ -142,16 +142,32 @@ pub(crate) fn check_len(field: &str, value: &str, min: usize, max: usize) -> Res
     Ok(())
 }
 
-/// The public base URL of this node, as the client reached it when the
-/// server has no `server.public_url` configured.
-pub(crate) fn public_base(req: &HttpRequest, configured: Option<&str>) -> String {
-    match configured {
-        Some(url) => url.trim_end_matches('/').to_owned(),
-        None => {
-            let info = req.connection_info();
-            format!("{}://{}", info.scheme(), info.host())
-        }
+/// The local address a connection was accepted on, stored with the
+/// connection when it opens (see `server::start`).
+#[derive(Debug, Clone, Copy)]
+pub struct LocalAddr(pub std::net::SocketAddr);
+
+/// The public base URL of this node for the session URLs it hands out:
+/// `server.public_url` when set; else, for a request from one of
+/// `server.trusted_proxies`, what its forwarding headers say; else the
+/// address the client connected to. A client's own `Host` or
+/// `X-Forwarded-Host` never reaches the URL (it would let anyone who can
+/// create a session point the URLs it hands on at another host).
+pub(crate) fn public_base(req: &HttpRequest, server: &crate::config::ServerSettings) -> String {
+    if let Some(url) = &server.public_url {
+        return url.trim_end_matches('/').to_owned();
     }
+    let from_proxy = req
+        .peer_addr()
+        .is_some_and(|peer| server.trusted_proxies.contains(&peer.ip()));
+    if from_proxy {
+        let info = req.connection_info();
+        return format!("{}://{}", info.scheme(), info.host());
+    }
+    let local = req
+        .conn_data::<LocalAddr>()
+        .map_or(server.bind, |addr| addr.0);
+    format!("http://{local}")
 }
 
 #[derive(OpenApi)]
@@ -194,6 +210,82 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// Adds to every operation of the served document the error answers the
+/// server gives on every route of its kind, where the route's own
+/// annotation did not name them: 401, 403 and 429 wherever a credential is
+/// taken; 400, 413, 415 and 422 (JSON) or 400, 413 and 415 (SDP) wherever a
+/// body is read; 400 wherever a query string is parsed. A client generated
+/// from the document then knows every status it can meet.
+pub fn complete_document(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+    };
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            item.get.as_mut(),
+            item.post.as_mut(),
+            item.put.as_mut(),
+            item.patch.as_mut(),
+            item.delete.as_mut(),
+        ];
+        for operation in operations.into_iter().flatten() {
+            let mut statuses: Vec<(&str, &str)> = Vec::new();
+            if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                statuses.extend([
+                    ("401", "No credential, or one that is invalid or expired"),
+                    (
+                        "403",
+                        "The credential may not do this (a role, or a session's join token)",
+                    ),
+                    ("429", "Over the credential's rate limit; see `Retry-After`"),
+                ]);
+            }
+            if let Some(body) = &operation.request_body {
+                statuses.extend([
+                    ("400", "The body cannot be read"),
+                    (
+                        "408",
+                        "The body did not arrive within `server.body_read_timeout_ms`",
+                    ),
+                    ("413", "The body is over `server.body_limit_bytes`"),
+                    ("415", "Wrong `Content-Type`"),
+                ]);
+                if body.content.contains_key("application/json") {
+                    statuses.push((
+                        "422",
+                        "A field is missing, unknown, of the wrong type or out of range",
+                    ));
+                }
+            }
+            let has_query = operation
+                .parameters
+                .iter()
+                .flatten()
+                .any(|p| matches!(p.parameter_in, ParameterIn::Query));
+            if has_query {
+                statuses.push(("400", "The query string cannot be read"));
+            }
+            for (status, description) in statuses {
+                operation
+                    .responses
+                    .responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| error(description).into());
+            }
+        }
     }
 }
 

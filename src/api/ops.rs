@@ -26,7 +26,8 @@ pub async fn healthz() -> web::Json<Health> {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
     /// `ready`, `degraded` (serving, but node-local: Redis is unreachable),
-    /// or `unready`.
+    /// `draining` (shutting down: live calls finish, no new sessions), or
+    /// `unready`.
     pub status: &'static str,
     /// `ok`, or why not.
     pub database: String,
@@ -49,7 +50,7 @@ pub struct Readiness {
     tag = "operations",
     responses(
         (status = 200, body = Readiness),
-        (status = 503, body = Readiness, description = "A dependency is down"),
+        (status = 503, body = Readiness, description = "A dependency is down, or the node is draining"),
     )
 )]
 #[get("/readyz")]
@@ -66,11 +67,13 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         },
     };
     let cluster = state.cluster.as_ref().map(|c| c.status());
-    let ready = database == "ok";
+    let draining = state.is_draining();
+    let ready = database == "ok" && !draining;
     let degraded = !(redis == "ok" || redis == "not_configured")
         || cluster.as_ref().is_some_and(|c| c.status != "ok");
     let body = Readiness {
         status: match (ready, degraded) {
+            (false, _) if draining => "draining",
             (false, _) => "unready",
             (true, true) => "degraded",
             (true, false) => "ready",
@@ -86,7 +89,9 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         }
         HttpResponse::Ok().json(body)
     } else {
-        tracing::warn!(database = %body.database, redis = %body.redis, "not ready");
+        if !draining {
+            tracing::warn!(database = %body.database, redis = %body.redis, "not ready");
+        }
         HttpResponse::ServiceUnavailable().json(body)
     }
 }

@@ -24,8 +24,11 @@ use palaver_media::rtc::{CallAudio, OfferError, PeerEvent, RtcPeer};
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Caller, SdpBody};
-use super::live::{Joined, Joining, client_text, event_frames, hearing_frame, hello_frames};
+use super::extract::{SdpBody, SessionCaller};
+use super::live::{
+    Joined, Joining, TransportEnd, client_text, event_frames, hearing_frame, hello_frames, rejoin,
+    waiting_for_rejoin,
+};
 use super::sessions::visible_session;
 use crate::ids::SessionId;
 use crate::model::Transport;
@@ -75,26 +78,35 @@ fn offer_error(err: OfferError) -> ApiError {
 #[post("/sessions/{id}/webrtc")]
 async fn create_peer(
     state: web::Data<AppState>,
-    caller: Caller,
+    SessionCaller(caller): SessionCaller,
     id: web::Path<i64>,
     offer: SdpBody,
 ) -> Result<HttpResponse, ApiError> {
     let id = SessionId(*id);
-    let joining = Joining::prepare(&state, &caller, id, true).await?;
-    let call_audio = CallAudio::new(voice::rtc_encoder(&state.settings.rtc))
-        .map_err(|e| ApiError::Internal(format!("call audio: {e}")))?;
-    // The offer is answered before the session is used up; a peer dropped
-    // on a later error hangs itself up.
-    let (answer, peer) = state.rtc.accept(&offer.0).map_err(offer_error)?;
-    let org = joining.org;
-    let joined = joining.start(&state, Transport::Webrtc).await?;
+    let call_audio = || {
+        CallAudio::new(voice::rtc_encoder(&state.settings.rtc))
+            .map_err(|e| ApiError::Internal(format!("call audio: {e}")))
+    };
+    let (answer, peer, call_audio, joined) = if waiting_for_rejoin(&state, &caller, id).await? {
+        let call_audio = call_audio()?;
+        let (answer, peer) = state.rtc.accept(&offer.0).map_err(offer_error)?;
+        (answer, peer, call_audio, rejoin(&state, id, false)?)
+    } else {
+        let joining = Joining::prepare(&state, &caller, id, true).await?;
+        let call_audio = call_audio()?;
+        // The offer is answered before the session is used up; a peer
+        // dropped on a later error hangs itself up.
+        let (answer, peer) = state.rtc.accept(&offer.0).map_err(offer_error)?;
+        let org = joining.org;
+        let joined = joining.start(&state, Transport::Webrtc).await?;
+        tracing::info!(session = %id, org = %org, peer = %peer.id(), "session joined over WebRTC");
+        (answer, peer, call_audio, joined)
+    };
     let peer_id = peer.id();
     state.live.set_rtc_peer(id, peer_id.0);
-    tracing::info!(session = %id, org = %org, peer = %peer_id, "session joined over WebRTC");
     let live = state.clone();
     actix_web::rt::spawn(async move {
-        run_peer(id, peer, call_audio, joined).await;
-        live.live.remove(id);
+        run_peer(&live, id, peer, call_audio, joined).await;
     });
     Ok(HttpResponse::Created()
         .content_type("application/sdp")
@@ -122,7 +134,7 @@ async fn create_peer(
 #[delete("/sessions/{id}/webrtc/{peer}")]
 async fn delete_peer(
     state: web::Data<AppState>,
-    caller: Caller,
+    SessionCaller(caller): SessionCaller,
     path: web::Path<(i64, u64)>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, peer) = path.into_inner();
@@ -148,23 +160,41 @@ async fn delete_peer(
 
 /// One call: caller audio in, assistant audio and events out, until the
 /// session ends or the peer goes away.
-async fn run_peer(id: SessionId, mut peer: RtcPeer, mut audio: CallAudio, joined: Joined) {
-    let Joined {
-        actor,
-        mut from_actor,
-        degraded,
-    } = joined;
-    for frame in hello_frames(id, &degraded) {
+async fn run_peer(
+    state: &AppState,
+    id: SessionId,
+    mut peer: RtcPeer,
+    mut audio: CallAudio,
+    joined: Joined,
+) {
+    let mut joined = joined;
+    for frame in hello_frames(id, &joined) {
         peer.send_text(frame);
     }
-    let hears = degraded.hearing.is_none();
+    let hears = joined.degraded.hearing.is_none();
+    let actor = joined.actor.clone();
+    let degraded = joined.degraded.clone();
+    let from_actor = &mut joined.from_actor;
     let mut audio_input_reported = false;
     // Told once: on the peer's `Connected`, or on its first packet should
     // that event ever be missed (the greeting waits for it).
     let mut media_connected = false;
     let mut codec_errors = 0u64;
-    loop {
+    let connect_timeout = std::time::Duration::from_millis(state.settings.rtc.connect_timeout_ms);
+    let connect_deadline = tokio::time::sleep(connect_timeout);
+    let mut connect_timed_out = false;
+    tokio::pin!(connect_deadline);
+    let end = loop {
         tokio::select! {
+            () = &mut connect_deadline, if !media_connected && !connect_timed_out => {
+                tracing::info!(
+                    session = %id, peer = %peer.id(), timeout_ms = connect_timeout.as_millis() as u64,
+                    "WebRTC caller did not complete ICE and DTLS in time; hanging up"
+                );
+                // The loop ends on the actor's `session.ended`.
+                actor.do_send(Hangup(EndReason::ConnectTimeout));
+                connect_timed_out = true;
+            },
             outgoing = from_actor.recv() => match outgoing {
                 Some(ToClient::Event(event)) => {
                     let frames = event_frames(&event);
@@ -173,7 +203,7 @@ async fn run_peer(id: SessionId, mut peer: RtcPeer, mut audio: CallAudio, joined
                         peer.send_text(frame);
                     }
                     if ends {
-                        break;
+                        break TransportEnd::SessionOver;
                     }
                 }
                 Some(ToClient::Audio(frame)) => match audio.encode(&frame) {
@@ -186,7 +216,7 @@ async fn run_peer(id: SessionId, mut peer: RtcPeer, mut audio: CallAudio, joined
                     }
                 },
                 // The actor stopped.
-                None => break,
+                None => break TransportEnd::SessionOver,
             },
             incoming = peer.recv() => match incoming {
                 Some(PeerEvent::Audio { payload, contiguous }) => {
@@ -211,7 +241,7 @@ async fn run_peer(id: SessionId, mut peer: RtcPeer, mut audio: CallAudio, joined
                     }
                 }
                 Some(PeerEvent::Text(text)) => {
-                    if let Some(reply) = client_text(&text, &actor) {
+                    if let Some(reply) = client_text(state, id, &text, &actor) {
                         peer.send_text(reply);
                     }
                 }
@@ -223,17 +253,14 @@ async fn run_peer(id: SessionId, mut peer: RtcPeer, mut audio: CallAudio, joined
                 }
                 Some(PeerEvent::ChannelOpen) => {}
                 Some(PeerEvent::Closed { reason }) => {
-                    tracing::info!(session = %id, peer = %peer.id(), %reason, "WebRTC call ended by the network; hanging up");
-                    actor.do_send(Hangup(EndReason::Hangup));
-                    break;
+                    tracing::info!(session = %id, peer = %peer.id(), %reason, "WebRTC call ended by the network");
+                    break TransportEnd::Dropped;
                 }
-                None => {
-                    actor.do_send(Hangup(EndReason::Hangup));
-                    break;
-                }
+                None => break TransportEnd::Dropped,
             },
         }
-    }
+    };
     // Queued after the last frames, so they go out first.
     peer.close();
+    joined.close(state, id, end);
 }

@@ -22,8 +22,7 @@ use actix_web::{HttpRequest, HttpResponse, get, web};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use palaver_actors::conversation::EndReason;
-use palaver_actors::session::{CallerAudio, Hangup, ToClient};
+use palaver_actors::session::{CallerAudio, ToClient};
 use palaver_media::AudioFrame;
 use palaver_media::codec::{EncoderConfig, MAX_PACKET_BYTES};
 use palaver_media::rtc::CallAudio;
@@ -35,7 +34,8 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{self, Caller};
 use super::live::{
-    Joined, Joining, client_text, error_frame, event_frames, hearing_frame, hello_frames,
+    Joined, Joining, TransportEnd, client_text, error_frame, event_frames, hearing_frame,
+    hello_frames, rejoin, waiting_for_rejoin,
 };
 use crate::ids::SessionId;
 use crate::model::Transport;
@@ -93,50 +93,63 @@ async fn session_ws(
     };
     let id = SessionId(*id);
     let speak = query.audio.unwrap_or(true);
-    let joining = Joining::prepare(&state, &caller, id, speak).await?;
-    // The handshake is checked before the session is used up.
-    let (response, socket, stream) =
-        actix_ws::handle(&req, body).map_err(|e| ApiError::BadRequest {
+    let handshake = |req: &HttpRequest, body: web::Payload| {
+        actix_ws::handle(req, body).map_err(|e| ApiError::BadRequest {
             code: "not_a_websocket",
             message: e.to_string(),
             field: None,
-        })?;
-    let org = joining.org;
-    let joined = joining.start(&state, Transport::Websocket).await?;
+        })
+    };
+    let (response, socket, stream, joined) = if waiting_for_rejoin(&state, &caller, id).await? {
+        let (response, socket, stream) = handshake(&req, body)?;
+        (response, socket, stream, rejoin(&state, id, true)?)
+    } else {
+        let joining = Joining::prepare(&state, &caller, id, speak).await?;
+        // The handshake is checked before the session is used up.
+        let (response, socket, stream) = handshake(&req, body)?;
+        let org = joining.org;
+        let joined = joining.start(&state, Transport::Websocket).await?;
+        tracing::info!(session = %id, org = %org, audio = speak, "session joined over WebSocket");
+        (response, socket, stream, joined)
+    };
     let stream = stream
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .aggregate_continuations();
-    tracing::info!(session = %id, org = %org, audio = speak, "session joined over WebSocket");
     let encoder = voice::rtc_encoder(&state.settings.rtc);
     let live = state.clone();
     actix_web::rt::spawn(async move {
-        run_socket(id, socket, stream, joined, encoder).await;
-        live.live.remove(id);
+        run_socket(&live, id, socket, stream, joined, encoder).await;
     });
     Ok(response)
 }
 
 async fn run_socket(
+    state: &AppState,
     id: SessionId,
     mut socket: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
     joined: Joined,
     encoder: EncoderConfig,
 ) {
-    let Joined {
-        actor,
-        mut from_actor,
-        degraded,
-    } = joined;
+    let mut joined = joined;
     let mut last_heard = Instant::now();
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     let mut audio_input_reported = false;
     let mut audio = WsAudio::new(encoder);
-    for frame in hello_frames(id, &degraded) {
+    for frame in hello_frames(id, &joined) {
         let _ = socket.text(frame).await;
     }
-    let hears = degraded.hearing.is_none();
-    let close = loop {
+    let hears = joined.degraded.hearing.is_none();
+    let actor = joined.actor.clone();
+    let from_actor = &mut joined.from_actor;
+    let degraded = joined.degraded.clone();
+    let normal = || {
+        Some(CloseReason {
+            code: CloseCode::Normal,
+            description: None,
+        })
+    };
+    let (close, end) = loop {
         tokio::select! {
             outgoing = from_actor.recv() => match outgoing {
                 Some(ToClient::Event(event)) => {
@@ -147,22 +160,22 @@ async fn run_socket(
                         sent = sent && socket.text(frame).await.is_ok();
                     }
                     if !sent {
-                        break None;
+                        break (None, TransportEnd::Dropped);
                     }
                     if ends {
-                        break Some(CloseReason { code: CloseCode::Normal, description: None });
+                        break (normal(), TransportEnd::SessionOver);
                     }
                 }
                 Some(ToClient::Audio(frame)) => match audio.outgoing(&frame) {
                     Some(bytes) => {
                         if socket.binary(bytes).await.is_err() {
-                            break None;
+                            break (None, TransportEnd::Dropped);
                         }
                     }
                     None => tracing::debug!(session = %id, "an outbound frame did not encode"),
                 },
                 // The actor stopped.
-                None => break Some(CloseReason { code: CloseCode::Normal, description: None }),
+                None => break (normal(), TransportEnd::SessionOver),
             },
             incoming = stream.next() => {
                 last_heard = Instant::now();
@@ -170,7 +183,7 @@ async fn run_socket(
                     Some(Ok(AggregatedMessage::Text(text))) => {
                         let reply = match audio_format_request(&text) {
                             Some(encoding) => Some(audio.switch(encoding)),
-                            None => client_text(&text, &actor),
+                            None => client_text(state, id, &text, &actor),
                         };
                         if let Some(reply) = reply {
                             let _ = socket.text(reply).await;
@@ -199,22 +212,38 @@ async fn run_socket(
                         let _ = socket.pong(&bytes).await;
                     }
                     Some(Ok(AggregatedMessage::Pong(_))) => {}
-                    Some(Ok(AggregatedMessage::Close(_))) | None => {
-                        actor.do_send(Hangup(EndReason::Hangup));
-                        break None;
+                    // A normal close is a hang-up; a tab going away or a
+                    // close with an error code may come back.
+                    Some(Ok(AggregatedMessage::Close(reason))) => {
+                        let hung_up = reason.as_ref().is_none_or(|r| r.code == CloseCode::Normal);
+                        break (None, if hung_up { TransportEnd::HungUp } else { TransportEnd::Dropped });
+                    }
+                    None => {
+                        tracing::info!(session = %id, "WebSocket closed without a close frame");
+                        break (None, TransportEnd::Dropped);
+                    }
+                    // The connection went (the HTTP layer reports a lost
+                    // connection as an I/O error of the body).
+                    Some(Err(actix_ws::ProtocolError::Io(err))) => {
+                        tracing::info!(session = %id, %err, "WebSocket connection lost");
+                        break (None, TransportEnd::Dropped);
                     }
                     Some(Err(err)) => {
                         tracing::info!(session = %id, %err, "WebSocket protocol error; ending the session");
-                        actor.do_send(Hangup(EndReason::Hangup));
-                        break Some(CloseReason { code: CloseCode::Protocol, description: Some(err.to_string()) });
+                        break (
+                            Some(CloseReason { code: CloseCode::Protocol, description: Some(err.to_string()) }),
+                            TransportEnd::HungUp,
+                        );
                     }
                 }
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > CLIENT_TIMEOUT {
-                    tracing::info!(session = %id, "client silent for {} s; hanging up", CLIENT_TIMEOUT.as_secs());
-                    actor.do_send(Hangup(EndReason::Hangup));
-                    break Some(CloseReason { code: CloseCode::Away, description: Some("client timeout".into()) });
+                    tracing::info!(session = %id, "client silent for {} s; its connection is gone", CLIENT_TIMEOUT.as_secs());
+                    break (
+                        Some(CloseReason { code: CloseCode::Away, description: Some("client timeout".into()) }),
+                        TransportEnd::Dropped,
+                    );
                 }
                 let _ = socket.ping(b"").await;
             }
@@ -223,6 +252,7 @@ async fn run_socket(
     if let Some(reason) = close {
         let _ = socket.close(Some(reason)).await;
     }
+    joined.close(state, id, end);
 }
 
 /// Audio encodings a WebSocket client may choose.

@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::error::{ApiError, ErrorBody, not_found};
-use super::extract::{Caller, ValidJson};
+use super::extract::{Caller, SessionCaller, ValidJson};
 use super::{Page, json_column, json_object, page_request, public_base, utc};
 use crate::ids::{AssistantId, MessageId, SessionId};
 use crate::model::{MessageRole, SessionStatus, Transport};
@@ -105,7 +105,7 @@ async fn create_session(
     caller: Caller,
     body: ValidJson<CreateSession>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require_org_credential()?;
+    state.refuse_if_draining()?;
     let input = body.0;
     let metadata = match &input.metadata {
         Some(value) => json_object("metadata", value, METADATA_MAX_BYTES)?,
@@ -140,7 +140,7 @@ async fn create_session(
         })
         .await?;
     let (token, token_expires_at) = state.tokens.issue_session(org, row.id);
-    let base = public_base(&req, state.settings.server.public_url.as_deref());
+    let base = public_base(&req, &state.settings.server);
     let ws_base = base.replacen("http", "ws", 1);
     tracing::info!(session = %row.id, assistant = %assistant, org = %org, "session created");
     Ok(HttpResponse::Created().json(SessionCreated {
@@ -218,7 +218,7 @@ pub(crate) async fn visible_session(
 #[get("/sessions/{id}")]
 async fn get_session(
     state: web::Data<AppState>,
-    caller: Caller,
+    SessionCaller(caller): SessionCaller,
     id: web::Path<i64>,
 ) -> Result<web::Json<SessionView>, ApiError> {
     let row = visible_session(&state, &caller, SessionId(*id)).await?;
@@ -237,7 +237,7 @@ async fn get_session(
 #[post("/sessions/{id}/end")]
 async fn end_session(
     state: web::Data<AppState>,
-    caller: Caller,
+    SessionCaller(caller): SessionCaller,
     id: web::Path<i64>,
 ) -> Result<web::Json<SessionView>, ApiError> {
     let id = SessionId(*id);
@@ -334,7 +334,7 @@ pub struct MessageListQuery {
 #[get("/sessions/{id}/messages")]
 async fn list_messages(
     state: web::Data<AppState>,
-    caller: Caller,
+    SessionCaller(caller): SessionCaller,
     id: web::Path<i64>,
     query: web::Query<MessageListQuery>,
 ) -> Result<web::Json<Page<MessageView>>, ApiError> {

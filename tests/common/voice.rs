@@ -112,10 +112,20 @@ pub struct Call {
 }
 
 pub async fn call(replies: Vec<Result<String, u16>>, assistant: Value) -> Call {
+    call_with(replies, assistant, |_| {}).await
+}
+
+/// [`call`] on a server whose settings `tweak` changes.
+pub async fn call_with(
+    replies: Vec<Result<String, u16>>,
+    assistant: Value,
+    tweak: impl FnOnce(&mut palaver::config::Settings),
+) -> Call {
     let (fake_url, fake) = start_fake(replies).await;
     let server = TestServer::start_with(|s| {
         s.providers.openai_base_url = fake_url.clone();
         s.providers.openai_api_key = Some(Secret::new("sk-test"));
+        tweak(s);
     })
     .await;
     let tenant = server.tenant("acme").await;

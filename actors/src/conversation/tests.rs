@@ -858,3 +858,217 @@ fn text_only_sessions_deliver_replies_as_generated() {
         "Hello! Nice to meet you."
     );
 }
+
+#[test]
+fn the_history_a_turn_carries_stays_within_its_token_budget() {
+    let mut c = Conversation::new(ConversationConfig {
+        history_token_budget: 200,
+        ..config()
+    });
+    // Five thousand typed turns, each cancelling the last, as a flooding
+    // client sends them: every request carries a bounded history.
+    let mut longest = 0;
+    for i in 0..5_000u64 {
+        c.handle_input(
+            100 + i,
+            Input::UserText {
+                text: format!("message number {i} with some padding words"),
+            },
+        );
+        let (_, messages) = started_turn(&drain(&mut c)).unwrap();
+        longest = longest.max(messages.len());
+        assert_eq!(messages[0].role, ChatRole::System, "the prompt stays first");
+        assert_eq!(
+            messages.last().unwrap().content,
+            format!("message number {i} with some padding words"),
+            "the newest message is always there"
+        );
+        let tokens: usize = messages.iter().map(estimated_tokens).sum();
+        assert!(tokens <= 200, "turn {i}: {tokens} tokens");
+    }
+    assert!(longest > 2, "older messages are kept while they fit");
+    assert!(longest < 30, "{longest} messages");
+}
+
+#[test]
+fn one_message_over_the_budget_is_kept_alone_with_the_prompt() {
+    let mut c = Conversation::new(ConversationConfig {
+        history_token_budget: 50,
+        ..config()
+    });
+    for text in ["short one", &"long ".repeat(100)] {
+        c.handle_input(100, Input::UserText { text: text.into() });
+    }
+    let roles: Vec<ChatRole> = c.history().iter().map(|m| m.role).collect();
+    assert_eq!(roles, [ChatRole::System, ChatRole::User]);
+    assert!(c.history()[1].content.starts_with("long"));
+}
+
+#[test]
+fn a_goodbye_cuts_the_reply_short_is_heard_whole_then_ends_the_session() {
+    let mut c = Conversation::new(config());
+    playing_reply(&mut c, 400);
+    let now = 2_500;
+    c.handle_input(
+        now,
+        Input::Goodbye {
+            text: "We are closing now. Goodbye.".into(),
+            reason: EndReason::ServerShutdown,
+        },
+    );
+    let out = drain(&mut c);
+    assert!(out.contains(&Output::ClearAudio));
+    let cut = stored(&out)[0];
+    assert!(cut.interrupted, "{cut:?}");
+    assert_eq!(cut.heard_text.as_deref(), Some("one two"));
+    let said = synthesized(&out);
+    assert_eq!(said.len(), 1);
+    assert_eq!(said[0].1, "We are closing now. Goodbye.");
+    assert!(!out.iter().any(|o| matches!(o, Output::End { .. })));
+
+    // The caller talks over it: no barge-in, no turn; a typed message is
+    // kept but not answered.
+    c.handle_input(now + 100, Input::SpeechStarted);
+    c.handle_input(
+        now + 150,
+        Input::UserText {
+            text: "wait!".into(),
+        },
+    );
+    let out = drain(&mut c);
+    assert!(started_turn(&out).is_none());
+    assert_eq!(stored(&out)[0].content, "wait!");
+    assert!(!out.contains(&Output::ClearAudio));
+
+    let chunk = said[0].0;
+    c.handle_input(
+        now + 200,
+        Input::TtsAudio {
+            chunk,
+            audio_ms: 1_000,
+            words: None,
+        },
+    );
+    c.handle_input(now + 200, Input::TtsDone { chunk });
+    let mut t = now + 200;
+    for _ in 0..50 {
+        t += 20;
+        c.handle_input(t, Input::AudioSent { audio_ms: 20 });
+    }
+    let out = drain(&mut c);
+    let goodbye = stored(&out)[0];
+    assert_eq!(goodbye.content, "We are closing now. Goodbye.");
+    assert!(!goodbye.interrupted && goodbye.heard_text.is_none());
+    assert!(out.contains(&Output::End {
+        reason: EndReason::ServerShutdown
+    }));
+    assert_eq!(c.phase(), Phase::Ended);
+}
+
+#[test]
+fn a_goodbye_that_is_never_heard_ends_the_session_at_its_deadline() {
+    let mut c = Conversation::new(config());
+    c.handle_input(
+        1_000,
+        Input::Goodbye {
+            text: "Goodbye.".into(),
+            reason: EndReason::ServerShutdown,
+        },
+    );
+    drain(&mut c);
+    assert_eq!(c.poll_timeout(), Some(1_000 + FAREWELL_MAX_MS));
+    c.handle_timeout(1_000 + FAREWELL_MAX_MS);
+    let out = drain(&mut c);
+    assert!(out.contains(&Output::End {
+        reason: EndReason::ServerShutdown
+    }));
+}
+
+#[test]
+fn a_text_only_session_gets_its_goodbye_as_text_and_ends_at_once() {
+    let mut c = Conversation::new(ConversationConfig {
+        speak: false,
+        ..config()
+    });
+    c.handle_input(
+        500,
+        Input::Goodbye {
+            text: "Goodbye.".into(),
+            reason: EndReason::ServerShutdown,
+        },
+    );
+    let out = drain(&mut c);
+    assert!(events(&out).contains(&&Event::AssistantDone {
+        text: "Goodbye.".into()
+    }));
+    assert!(out.contains(&Output::End {
+        reason: EndReason::ServerShutdown
+    }));
+}
+
+#[test]
+fn a_dropped_caller_has_the_grace_period_to_rejoin_and_hears_the_rest() {
+    let mut c = Conversation::new(ConversationConfig {
+        reconnect_grace_ms: 5_000,
+        ..config()
+    });
+    playing_reply(&mut c, 400);
+    c.handle_input(2_200, Input::TransportLost);
+    assert!(
+        c.awaiting_media(),
+        "no audio plays while the caller is gone"
+    );
+    assert_eq!(c.poll_timeout(), Some(7_200));
+    let out = drain(&mut c);
+    assert!(
+        !out.contains(&Output::ClearAudio),
+        "the unheard rest stays queued"
+    );
+    assert!(stored(&out).is_empty());
+
+    // Back in time: the deadline is gone, the audio plays on.
+    c.handle_input(6_000, Input::TransportRestored);
+    c.handle_input(6_050, Input::MediaConnected);
+    assert!(!c.awaiting_media());
+    c.handle_timeout(7_200);
+    assert_ne!(c.phase(), Phase::Ended);
+    let mut now = 6_050;
+    for _ in 0..80 {
+        now += 20;
+        c.handle_input(now, Input::AudioSent { audio_ms: 20 });
+    }
+    let out = drain(&mut c);
+    let reply = stored(&out)[0];
+    assert!(
+        !reply.interrupted && reply.heard_text.is_none(),
+        "{reply:?}"
+    );
+    assert_eq!(reply.content, LONG_REPLY);
+}
+
+#[test]
+fn a_caller_who_does_not_come_back_ends_the_session_as_connection_lost() {
+    let mut c = Conversation::new(ConversationConfig {
+        reconnect_grace_ms: 5_000,
+        ..config()
+    });
+    playing_reply(&mut c, 400);
+    c.handle_input(2_200, Input::TransportLost);
+    drain(&mut c);
+    c.handle_timeout(7_200);
+    let out = drain(&mut c);
+    assert!(out.contains(&Output::End {
+        reason: EndReason::ConnectionLost
+    }));
+    let cut = stored(&out)[0];
+    assert_eq!(cut.heard_text.as_deref(), Some("one two"));
+
+    let mut c = Conversation::new(ConversationConfig {
+        reconnect_grace_ms: 0,
+        ..config()
+    });
+    c.handle_input(100, Input::TransportLost);
+    assert!(drain(&mut c).contains(&Output::End {
+        reason: EndReason::Hangup
+    }));
+}
