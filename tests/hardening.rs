@@ -12,28 +12,13 @@ use std::time::Duration;
 
 use awc::ws::{Frame, Message};
 use common::TestServer;
-use common::voice::{Call, call_with, messages};
+use common::voice::{Call, Socket, call_with, connect, messages};
 use futures_util::{SinkExt, StreamExt};
 use palaver::model::Transport;
 use palaver::store;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-type Socket = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
-
-async fn connect(call: &Call) -> Socket {
-    let url = format!(
-        "ws://{}/v1/sessions/{}/ws?token={}&audio=false",
-        call.server.addr, call.session, call.token
-    );
-    let (_, socket) = awc::Client::new()
-        .ws(url)
-        .connect()
-        .await
-        .expect("websocket connects");
-    socket
-}
 
 async fn send_text(socket: &mut Socket, value: Value) {
     socket
@@ -76,7 +61,7 @@ async fn a_flood_of_user_messages_on_a_session_socket_is_rate_limited() {
         s.limits.burst = 5;
     })
     .await;
-    let mut socket = connect(&call).await;
+    let mut socket = connect(&call, "&audio=false").await;
     for i in 0..60 {
         send_text(
             &mut socket,
@@ -117,7 +102,7 @@ async fn a_flood_of_user_messages_on_a_session_socket_is_rate_limited() {
 #[actix_web::test]
 async fn end_session_with_an_unknown_field_is_refused_and_the_call_goes_on() {
     let call = call_with(vec![Ok("Sure.".into())], json!({}), |_| {}).await;
-    let mut socket = connect(&call).await;
+    let mut socket = connect(&call, "&audio=false").await;
     send_text(&mut socket, json!({"type": "end-session", "x": 1})).await;
     let events = events_within(&mut socket, Duration::from_millis(700)).await;
     let errors = of_type(&events, "error");

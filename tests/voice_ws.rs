@@ -11,27 +11,12 @@ use std::time::Duration;
 use actix_web::web;
 use awc::ws::{Frame, Message};
 use common::TestServer;
-use common::voice::{Call, HEARD, MS_PER_CHAR, call, spoken, wait_messages};
+use common::voice::{Call, HEARD, MS_PER_CHAR, Socket, call, connect, spoken, wait_messages};
 use futures_util::{SinkExt, StreamExt};
 use palaver_media::codec::{EncoderConfig, OpusDecoder};
 use palaver_media::rtc::CallAudio;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-type Socket = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
-
-async fn connect(call: &Call, query: &str) -> Socket {
-    let url = format!(
-        "ws://{}/v1/sessions/{}/ws?token={}{query}",
-        call.server.addr, call.session, call.token
-    );
-    let (_, socket) = awc::Client::new()
-        .ws(url)
-        .connect()
-        .await
-        .expect("websocket connects");
-    socket
-}
 
 /// What the client saw: JSON events in order, and binary frames counted at
 /// the position they arrived.

@@ -213,3 +213,21 @@ pub async fn wait_ended(call: &Call) -> Value {
     assert_eq!(session["status"], "ended", "{session}");
     session
 }
+
+/// A WebSocket client's socket (awc).
+pub type Socket = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
+
+/// Joins the call's session over a WebSocket with its join token; `query`
+/// adds to the URL (e.g. `&audio=false`).
+pub async fn connect(call: &Call, query: &str) -> Socket {
+    let url = format!(
+        "ws://{}/v1/sessions/{}/ws?token={}{query}",
+        call.server.addr, call.session, call.token
+    );
+    let (_, socket) = awc::Client::new()
+        .ws(url)
+        .connect()
+        .await
+        .expect("websocket connects");
+    socket
+}
