@@ -172,9 +172,12 @@ impl RouteMethods {
     }
 
     /// The methods `path` takes, comma-separated, if it is a documented
-    /// path (`{param}` matching any one segment).
+    /// path: `{param}` matches any one segment, and where several templates
+    /// match, the ones with the most literal segments win (`/v1/rooms/ws`
+    /// is that path, not `/v1/rooms/{id}`), as in the router.
     fn allowed(&self, path: &str) -> Option<String> {
         let asked = segments(path);
+        let mut best = 0;
         let mut allowed: Vec<&str> = Vec::new();
         for (template, methods) in &self.0 {
             let matches = template.len() == asked.len()
@@ -182,7 +185,15 @@ impl RouteMethods {
                     .iter()
                     .zip(&asked)
                     .all(|(t, a)| t.starts_with('{') || t == a);
-            if matches {
+            if !matches {
+                continue;
+            }
+            let literal = template.iter().filter(|t| !t.starts_with('{')).count();
+            if literal > best {
+                best = literal;
+                allowed.clear();
+            }
+            if literal == best {
                 for method in methods {
                     if !allowed.contains(method) {
                         allowed.push(method);
@@ -248,7 +259,24 @@ fn app(
             .into()
         }))
         .app_data(web::PathConfig::default().error_handler(|err, req| {
-            ApiError::NotFound(format!("no resource at {}: {err}", req.path())).into()
+            // `PATCH /v1/rooms/ws` reaches `PATCH /v1/rooms/{id}` and fails
+            // there: for a method the path does not take, that is a 405.
+            let allow = req
+                .app_data::<web::Data<RouteMethods>>()
+                .and_then(|routes| routes.allowed(req.path()))
+                .filter(|allow| !allow.split(", ").any(|m| m == req.method().as_str()));
+            match allow {
+                Some(allow) => ApiError::MethodNotAllowed {
+                    message: format!(
+                        "{} does not take {}; it takes {allow}",
+                        req.path(),
+                        req.method()
+                    ),
+                    allow,
+                }
+                .into(),
+                None => ApiError::NotFound(format!("no resource at {}: {err}", req.path())).into(),
+            }
         }))
         // Before the `/v1` scope, which would otherwise claim the path.
         .route("/v1/openapi.json", web::get().to(openapi_document))

@@ -486,15 +486,19 @@ async fn the_openapi_document_names_enum_values_as_the_server_speaks_them() {
 #[actix_web::test]
 async fn a_known_path_with_the_wrong_method_is_405_with_allow() {
     let server = TestServer::start().await;
+    let t = server.tenant("methods").await;
     for (method, path, allowed) in [
         (Method::POST, "/healthz", vec!["GET"]),
         (Method::DELETE, "/v1/sessions", vec!["GET", "POST"]),
         (Method::PUT, "/v1/sessions/7", vec!["GET"]),
         (Method::POST, "/v1/openapi.json", vec!["GET"]),
+        // Matches `PATCH /v1/rooms/{id}`'s pattern, but `ws` is no id.
+        (Method::PATCH, "/v1/rooms/ws", vec!["GET"]),
     ] {
         let reply = server
             .client
             .request(method.clone(), server.url(path))
+            .bearer_auth(&t.key)
             .send()
             .await
             .unwrap();

@@ -36,6 +36,7 @@ const DEFAULT_PAGE: i64 = 20;
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Items per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub after: Option<String>,
@@ -276,7 +277,10 @@ pub fn complete_document(doc: &mut utoipa::openapi::OpenApi) {
                 .flatten()
                 .any(|p| matches!(p.parameter_in, ParameterIn::Query));
             if has_query {
-                statuses.push(("400", "The query string cannot be read"));
+                statuses.extend([
+                    ("400", "The query string cannot be read"),
+                    ("422", "A query parameter is out of range"),
+                ]);
             }
             for (status, description) in statuses {
                 operation

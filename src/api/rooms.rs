@@ -855,6 +855,7 @@ async fn post_message(
 #[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// Items per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// Newest first: `next_cursor` of the previous page.
     pub after: Option<String>,

@@ -161,6 +161,7 @@ pub struct SessionListQuery {
     /// Only sessions of this assistant.
     pub assistant_id: Option<i64>,
     /// Items per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub after: Option<String>,
@@ -320,6 +321,7 @@ impl From<Message> for MessageView {
 #[into_params(parameter_in = Query)]
 pub struct MessageListQuery {
     /// Items per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page (a `seq`).
     pub after: Option<String>,
