@@ -44,18 +44,6 @@ impl AppState {
     pub fn is_draining(&self) -> bool {
         self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
-
-    /// 503 while the node drains: new sessions belong on another node.
-    pub fn refuse_if_draining(&self) -> Result<(), crate::api::error::ApiError> {
-        if self.is_draining() {
-            return Err(crate::api::error::ApiError::Unavailable(
-                "this node is shutting down and takes no new sessions; try again (another \
-                 node will take it)"
-                    .into(),
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// The session actors running on this node, by session id. With a

@@ -224,6 +224,19 @@ impl From<crate::state::RetryAfter> for ApiError {
     }
 }
 
+/// 503 while the node drains (see `server::drain`): new sessions and joins
+/// belong on another node.
+pub fn refuse_if_draining(state: &crate::state::AppState) -> Result<(), ApiError> {
+    if state.is_draining() {
+        return Err(ApiError::Unavailable(
+            "this node is shutting down and takes no new sessions; try again (another node \
+             will take it)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Maps "not found" to a message naming the thing, everything else as usual.
 pub fn not_found(
     what: &'static str,

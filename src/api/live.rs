@@ -119,7 +119,7 @@ impl Joining {
         id: SessionId,
         speak: bool,
     ) -> Result<Self, ApiError> {
-        state.refuse_if_draining()?;
+        super::error::refuse_if_draining(state)?;
         let session = visible_session(state, caller, id).await?;
         let org = caller.org;
         let assistant_id = session.assistant_id;

@@ -105,7 +105,7 @@ async fn create_session(
     caller: Caller,
     body: ValidJson<CreateSession>,
 ) -> Result<HttpResponse, ApiError> {
-    state.refuse_if_draining()?;
+    super::error::refuse_if_draining(&state)?;
     let input = body.0;
     let metadata = match &input.metadata {
         Some(value) => json_object("metadata", value, METADATA_MAX_BYTES)?,
