@@ -274,26 +274,7 @@ impl RtcEndpoint {
 
     /// Answers an SDP offer and adds the peer to the driver.
     pub fn accept(&self, offer_sdp: &str) -> Result<(String, RtcPeer), OfferError> {
-        check_offer(offer_sdp)?;
-        let offer = SdpOffer::from_sdp_string(offer_sdp)
-            .map_err(|e| OfferError::Malformed(e.to_string()))?;
-        let mut rtc = RtcConfig::new()
-            .set_ice_lite(true)
-            .set_dtls_cert(self.inner.cert.clone())
-            .clear_codecs()
-            .enable_opus(true, false)
-            .build(Instant::now());
-        let candidate = Candidate::host(self.inner.candidate, "udp")
-            .map_err(|e| OfferError::Rejected(format!("host candidate: {e}")))?;
-        rtc.add_local_candidate(candidate);
-        let answer = rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| OfferError::Rejected(e.to_string()))?
-            .to_sdp_string();
-        if !answer_has_audio(&answer) {
-            return Err(OfferError::NoOpus);
-        }
+        let (answer, rtc) = negotiate(offer_sdp, &self.inner.cert, self.inner.candidate)?;
         let id = PeerId(self.inner.next_peer.fetch_add(1, Ordering::Relaxed));
         let (events_tx, events) = mpsc::channel(PEER_QUEUE);
         self.inner
@@ -360,6 +341,55 @@ impl Drop for RtcPeer {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// What [`RtcEndpoint::accept`] does before the peer joins the driver: the
+/// cheap checks, str0m's parse of the offer and its answer. No socket, no
+/// thread.
+fn negotiate(
+    offer_sdp: &str,
+    cert: &str0m::config::DtlsCert,
+    candidate: SocketAddr,
+) -> Result<(String, Rtc), OfferError> {
+    check_offer(offer_sdp)?;
+    let offer =
+        SdpOffer::from_sdp_string(offer_sdp).map_err(|e| OfferError::Malformed(e.to_string()))?;
+    let mut rtc = RtcConfig::new()
+        .set_ice_lite(true)
+        .set_dtls_cert(cert.clone())
+        .clear_codecs()
+        .enable_opus(true, false)
+        .build(Instant::now());
+    let candidate = Candidate::host(candidate, "udp")
+        .map_err(|e| OfferError::Rejected(format!("host candidate: {e}")))?;
+    rtc.add_local_candidate(candidate);
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(offer)
+        .map_err(|e| OfferError::Rejected(e.to_string()))?
+        .to_sdp_string();
+    if !answer_has_audio(&answer) {
+        return Err(OfferError::NoOpus);
+    }
+    Ok((answer, rtc))
+}
+
+/// The answer a node would give `offer_sdp` (with a certificate made once
+/// per process and a placeholder candidate), or why it refuses the offer:
+/// the join path's negotiation without a running endpoint, for the fuzz
+/// targets (`fuzz/`).
+pub fn answer_offer(offer_sdp: &str) -> Result<String, OfferError> {
+    static CERT: std::sync::OnceLock<Option<str0m::config::DtlsCert>> = std::sync::OnceLock::new();
+    let cert = CERT
+        .get_or_init(|| {
+            let provider = str0m::crypto::from_feature_flags();
+            let cert = provider.dtls_provider.generate_certificate();
+            provider.install_process_default();
+            cert
+        })
+        .as_ref()
+        .ok_or(OfferError::EndpointClosed)?;
+    negotiate(offer_sdp, cert, SocketAddr::from(([127, 0, 0, 1], 9))).map(|(answer, _)| answer)
 }
 
 /// Cheap checks that give a precise answer before negotiation does.
@@ -972,5 +1002,21 @@ mod tests {
             endpoint.accept("v=0\r\nnot really sdp"),
             Err(OfferError::NoAudio)
         ));
+    }
+
+    #[test]
+    fn a_browser_offer_is_answered_without_an_endpoint_and_garbage_is_refused() {
+        let offer = include_str!("../../fuzz/seeds/sdp_offer/chrome-like.sdp");
+        let answer = answer_offer(offer).expect("answered");
+        assert!(answer.starts_with("v=0"), "{answer}");
+        assert!(answer.contains("opus/48000/2"), "{answer}");
+        assert!(answer.contains("a=ice-lite"), "{answer}");
+        for garbage in [
+            "",
+            "v=0",
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n",
+        ] {
+            assert!(answer_offer(garbage).is_err(), "{garbage:?}");
+        }
     }
 }
