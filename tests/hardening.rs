@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use awc::ws::{Frame, Message};
 use common::TestServer;
-use common::voice::{Call, Socket, call_with, connect, messages};
+use common::voice::{Socket, call_with, connect, messages};
 use futures_util::{SinkExt, StreamExt};
 use palaver::model::Transport;
 use palaver::store;
@@ -44,14 +44,6 @@ async fn events_within(socket: &mut Socket, wait: Duration) -> Vec<Value> {
 
 fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["type"] == kind).collect()
-}
-
-async fn session_status(call: &Call) -> Value {
-    let (_, session) = call
-        .server
-        .get(&format!("/v1/sessions/{}", call.session), &call.key)
-        .await;
-    session
 }
 
 #[actix_web::test]
@@ -115,12 +107,16 @@ async fn end_session_with_an_unknown_field_is_refused_and_the_call_goes_on() {
             .contains("unknown field"),
         "{events:?}"
     );
-    assert_eq!(session_status(&call).await["status"], "active");
+    assert_eq!(common::voice::session(&call).await["status"], "active");
 
     send_text(&mut socket, json!({"type": "end-session"})).await;
     let events = events_within(&mut socket, Duration::from_secs(5)).await;
     assert_eq!(of_type(&events, "session.ended").len(), 1, "{events:?}");
-    assert_eq!(session_status(&call).await["end_reason"], "end-session");
+    // The end is stored just after the event goes out.
+    assert_eq!(
+        common::voice::wait_ended(&call).await["end_reason"],
+        "end-session"
+    );
 }
 
 #[actix_web::test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use actix_web::web;
 use awc::ws::{Frame, Message};
 use common::TestServer;
-use common::voice::{Call, HEARD, MS_PER_CHAR, Socket, call, connect, spoken, wait_messages};
+use common::voice::{HEARD, MS_PER_CHAR, Socket, call, connect, spoken, wait_messages};
 use futures_util::{SinkExt, StreamExt};
 use palaver_media::codec::{EncoderConfig, OpusDecoder};
 use palaver_media::rtc::CallAudio;
@@ -631,14 +631,6 @@ async fn opus_over_websocket_when_the_client_asks_for_it() {
     assert_eq!(seen.first("error").unwrap()["code"], "invalid_opus");
 }
 
-async fn session_of(call: &Call) -> Value {
-    let (_, session) = call
-        .server
-        .get(&format!("/v1/sessions/{}", call.session), &call.key)
-        .await;
-    session
-}
-
 #[actix_web::test]
 async fn a_dropped_caller_rejoins_with_the_same_token_and_hears_the_rest_of_the_reply() {
     let long = "one two three four five six seven eight nine ten eleven twelve thirteen \
@@ -656,7 +648,7 @@ async fn a_dropped_caller_rejoins_with_the_same_token_and_hears_the_rest_of_the_
     // The network goes: no close frame, the connection just ends.
     drop(socket);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(session_of(&call).await["status"], "active");
+    assert_eq!(common::voice::session(&call).await["status"], "active");
 
     let mut socket = connect(&call, "").await;
     let mut again = Seen::default();

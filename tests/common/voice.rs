@@ -231,3 +231,12 @@ pub async fn connect(call: &Call, query: &str) -> Socket {
         .expect("websocket connects");
     socket
 }
+
+/// The call's session as the API shows it now.
+pub async fn session(call: &Call) -> Value {
+    let (_, session) = call
+        .server
+        .get(&format!("/v1/sessions/{}", call.session), &call.key)
+        .await;
+    session
+}
