@@ -522,13 +522,12 @@ impl Conversation {
 
     /// Speaks `text` as a reply that needs no language model.
     fn say(&mut self, now: Millis, text: String, interruptible: bool) {
-        let first = text;
         let turn = self.take_turn_id();
         self.reply = Some(Reply {
             turn,
             interruptible,
             llm_running: false,
-            text: first.clone(),
+            text: text.clone(),
             pending: String::new(),
             chunks: Vec::new(),
             sent_ms: 0,
@@ -539,10 +538,8 @@ impl Conversation {
             spoken: self.config.speak,
         });
         self.phase = Phase::Thinking;
-        self.emit(Event::AssistantDelta {
-            text: first.clone(),
-        });
-        self.synthesize(first);
+        self.emit(Event::AssistantDelta { text: text.clone() });
+        self.synthesize(text);
         self.maybe_finish_reply(now);
     }
 
