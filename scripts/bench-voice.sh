@@ -18,6 +18,7 @@
 #                  ~15 s, so above ~300 callers raise it to have them all
 #                  connected at once)
 #   PHASES         which provider settings: "zero-latency realistic" (default)
+#   MAX_SECONDS    no caller or turn starts after this (default 120)
 #   FIRST_MESSAGE  the created assistant greets with this: callers hear it
 #                  out first, and `setup` (offer or upgrade → its first
 #                  audio) is timed (default: no greeting)
@@ -31,6 +32,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ $# -gt 0 ]; then callers_list=("$@"); else callers_list=(10 50 100); fi
 turns="${TURNS:-3}"
 ramp="${RAMP:-20}"
+max_seconds="${MAX_SECONDS:-120}"
 transport="${TRANSPORT:-ws}"
 input="${INPUT:-spoken}"
 case "$input" in
@@ -110,7 +112,7 @@ phase() {
       --input "$input" ${utterance_args[@]+"${utterance_args[@]}"} \
       ${greeting_args[@]+"${greeting_args[@]}"} \
       --callers "$callers" --turns "$turns" --barge-in-share 0.3 \
-      --ramp-per-second "$ramp" --max-seconds 120 --server-pid "$server_pid" \
+      --ramp-per-second "$ramp" --max-seconds "$max_seconds" --server-pid "$server_pid" \
       --providers-url "$fake_url" --json "$out/$prefix-$name-$callers.json" \
       --html "$out/$prefix-$name-$callers.html" \
       ${extra_args[@]+"${extra_args[@]}"} || status=1

@@ -195,6 +195,14 @@ struct Inner {
     outbound: mpsc::Sender<Outbound>,
 }
 
+/// Another node of the cluster, and where it serves HTTP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteNode {
+    pub node: String,
+    /// Its base URL, without a trailing `/`.
+    pub url: String,
+}
+
 /// A room event on its way to the other nodes.
 struct Outbound {
     recipients: Vec<UserId>,
@@ -386,6 +394,43 @@ impl Cluster {
         if self.inner.commands.try_send(command).is_err() {
             metrics::counter!("palaver_cluster_commands_dropped_total").increment(1);
             tracing::warn!("cluster command queue full; a presence or session update was dropped");
+        }
+    }
+
+    /// The node running session `id` when it is another live node, with
+    /// the base URL it serves HTTP at (`redis.node_url`); `None` when no
+    /// other node runs it or Redis cannot say (the caller is served here).
+    pub async fn session_elsewhere(&self, id: SessionId) -> Option<RemoteNode> {
+        let looked_up = self
+            .redis(|mut c| async move {
+                let owner: Option<String> = c.get(session_key(id)).await?;
+                let Some(owner) = owner else {
+                    return Ok(None);
+                };
+                let registration: Option<String> = c.get(node_key(&owner)).await?;
+                Ok(registration.map(|r| (owner, r)))
+            })
+            .await;
+        let (node, registration) = match looked_up {
+            Ok(found) => found?,
+            Err(err) => {
+                tracing::warn!(session = %id, %err, "cannot look up the session's node");
+                return None;
+            }
+        };
+        if node == self.inner.node {
+            return None;
+        }
+        let address = serde_json::from_str::<serde_json::Value>(&registration)
+            .ok()
+            .and_then(|r| r["address"].as_str().map(str::to_owned))
+            .filter(|a| !a.is_empty());
+        match address {
+            Some(url) => Some(RemoteNode { node, url }),
+            None => {
+                tracing::warn!(session = %id, %node, "the session's node registered no address");
+                None
+            }
         }
     }
 

@@ -207,6 +207,10 @@ pub struct RedisSettings {
     pub url: Option<Secret>,
     /// This node's name in the cluster; unset: a random one at every start.
     pub node_id: Option<String>,
+    /// The base URL the other nodes reach this node's HTTP at (a rejoin of
+    /// a call running here that lands elsewhere is routed to it); unset:
+    /// `http://` and the address `server.bind` bound.
+    pub node_url: Option<String>,
     /// How often this node renews its registration, its users' presence and
     /// its live sessions in Redis (and looks for nodes that died).
     pub heartbeat_ms: u64,
@@ -220,6 +224,7 @@ impl Default for RedisSettings {
         Self {
             url: None,
             node_id: None,
+            node_url: None,
             heartbeat_ms: 5_000,
             node_ttl_ms: 15_000,
         }
@@ -524,6 +529,7 @@ fn optional_field(section: &str, field: &str) -> bool {
             | ("database", "url")
             | ("redis", "url")
             | ("redis", "node_id")
+            | ("redis", "node_url")
             | ("auth", "jwt_secret")
             | ("providers", "openai_api_key")
             | ("providers", "deepgram_api_key")

@@ -365,12 +365,19 @@ pub fn start(state: web::Data<AppState>) -> Result<Running, StartError> {
         }
     });
     if let Some(cluster) = &state.cluster {
-        let address = state
-            .settings
-            .server
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{addr}"));
+        let address = match &state.settings.redis.node_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                if addr.ip().is_unspecified() {
+                    tracing::warn!(
+                        bind = %addr,
+                        "redis.node_url is unset and server.bind is a wildcard address: other \
+                         nodes cannot route a caller's rejoin here; set redis.node_url"
+                    );
+                }
+                format!("http://{addr}")
+            }
+        };
         cluster.set_address(address);
     }
     let handle = server.handle();

@@ -157,6 +157,11 @@ impl LiveSessions {
         }
     }
 
+    /// Whether `id` runs here (attached to a transport or not).
+    pub fn contains(&self, id: SessionId) -> bool {
+        self.lock().contains_key(&id)
+    }
+
     /// Whether `id` runs here waiting for its caller to rejoin.
     pub fn is_detached(&self, id: SessionId) -> bool {
         self.lock().get(&id).is_some_and(|s| !s.attached)

@@ -248,6 +248,43 @@ async fn typed_voice_ws_turns_run_clean_record_every_metric_and_barge_in() {
     fake.stop().await;
 }
 
+#[actix_web::test]
+async fn repeating_callers_call_again_until_the_end_of_the_run() {
+    let (fake, server, key, assistant) = voice_setup().await;
+    let report = voice_ws::run(VoiceConfig {
+        base_url: server.base.clone(),
+        api_key: key.clone(),
+        assistant_id: Some(assistant),
+        input: TurnInput::Typed,
+        callers: 2,
+        turns: 1,
+        barge_in_share: 0.0,
+        ramp_per_second: 0.0,
+        max_duration: Duration::from_secs(3),
+        repeat_calls: true,
+        // Too short a run for a growth figure: none is made up.
+        warmup: Some(Duration::from_secs(1)),
+        server_pid: Some(std::process::id()),
+        ..VoiceConfig::default()
+    })
+    .await
+    .unwrap();
+    let table = report.table();
+    let created = report.operations[voice_ws::CREATE_SESSION].ok;
+    // Two callers, each calling more than once, every call hung up.
+    assert!(created > 2, "{table}");
+    assert_eq!(
+        report.operations[voice_ws::END_SESSION].ok,
+        created,
+        "{table}"
+    );
+    let voice = report.voice.as_ref().unwrap();
+    assert_eq!(voice.turns_completed, created, "{table}");
+    assert_eq!(report.failed(), 0, "{table}");
+    assert_eq!(voice.server.as_ref().unwrap().rss_growth, None);
+    fake.stop().await;
+}
+
 /// What every spoken run must show: every operation timed, voice-to-voice
 /// for every reply, each utterance heard once by the fake's speech to text,
 /// every barge-in cutting its reply.

@@ -317,6 +317,9 @@ fn resources_section(out: &mut String, name: &str, r: &ServerResources) {
             escape(&crate::report::thread_list(&r.busiest_threads))
         );
     }
+    if let Some(g) = &r.rss_growth {
+        let _ = writeln!(out, "<p>{}</p>", escape(&crate::report::growth_line(g)));
+    }
     let series = |value: fn(&ResourcePoint) -> f64| -> Vec<(f64, f64)> {
         r.timeline.iter().map(|p| (p.t_s, value(p))).collect()
     };

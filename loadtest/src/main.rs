@@ -289,6 +289,15 @@ struct VoiceArgs {
     /// The created assistant's speech needed to cut in (server default 300).
     #[arg(long)]
     min_interruption_ms: Option<u32>,
+    /// Each caller calls again (a new session) after hanging up, until
+    /// --max-seconds: the same number of calls at once for the whole run,
+    /// as in a soak.
+    #[arg(long)]
+    repeat_calls: bool,
+    /// Report the server's RSS growth from this many seconds into the run
+    /// to its end (the medians of a minute of samples at each end).
+    #[arg(long)]
+    warmup_seconds: Option<u64>,
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -325,6 +334,8 @@ impl VoiceArgs {
                 end_of_turn_ms: self.end_of_turn_ms,
                 min_interruption_ms: self.min_interruption_ms,
             },
+            repeat_calls: self.repeat_calls,
+            warmup: self.warmup_seconds.map(Duration::from_secs),
         };
         (
             config,

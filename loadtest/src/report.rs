@@ -319,6 +319,59 @@ pub struct ServerResources {
     /// Its busiest threads by name (100 % = one core): a thread near 100 %
     /// is a limit however idle the other cores are.
     pub busiest_threads: Vec<ThreadCpu>,
+    /// How resident memory moved after a warm-up (long runs with
+    /// `--warmup-seconds`): the figure a soak is judged by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_growth: Option<RssGrowth>,
+}
+
+/// Resident memory after a warm-up against the end of the run: each the
+/// median of [`RssGrowth::WINDOW_S`] seconds of samples, so one burst of
+/// allocation at either moment does not decide the figure.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct RssGrowth {
+    pub warmup_s: f64,
+    /// The median over the window that starts when the warm-up ends.
+    pub after_warmup_mib: f64,
+    /// The median over the run's last window.
+    pub end_mib: f64,
+    /// (end − after warm-up) / after warm-up × 100.
+    pub percent: f64,
+}
+
+impl RssGrowth {
+    /// Seconds of samples each median is taken over.
+    pub const WINDOW_S: f64 = 60.0;
+}
+
+impl ServerResources {
+    /// The memory growth after `warmup_s` seconds of this run, when the
+    /// run is long enough for two separate windows after it.
+    pub fn rss_growth_after(&self, warmup_s: f64) -> Option<RssGrowth> {
+        let end = self.timeline.last()?.t_s;
+        let window = RssGrowth::WINDOW_S;
+        if end - window < warmup_s + window {
+            return None;
+        }
+        let median = |from: f64, to: f64| {
+            let mut rss: Vec<f64> = self
+                .timeline
+                .iter()
+                .filter(|p| p.t_s >= from && p.t_s < to)
+                .map(|p| p.rss_mib)
+                .collect();
+            rss.sort_by(f64::total_cmp);
+            rss.get(rss.len() / 2).copied()
+        };
+        let after_warmup_mib = median(warmup_s, warmup_s + window)?;
+        let end_mib = median(end - window, f64::INFINITY)?;
+        Some(RssGrowth {
+            warmup_s,
+            after_warmup_mib,
+            end_mib,
+            percent: (end_mib - after_warmup_mib) / after_warmup_mib * 100.0,
+        })
+    }
 }
 
 /// The CPU of a process's threads of one name over a run.
@@ -591,9 +644,24 @@ fn resource_lines(processes: &[(&str, &Option<ServerResources>)]) -> String {
                     thread_list(&s.busiest_threads)
                 ));
             }
+            if let Some(g) = &s.rss_growth {
+                out.push_str(&format!("  {}\n", growth_line(g)));
+            }
         }
     }
     out
+}
+
+/// The soak figure in words.
+pub fn growth_line(g: &RssGrowth) -> String {
+    format!(
+        "RSS growth after a {:.0} s warm-up: {:+.1} % ({:.1} → {:.1} MiB, medians of {:.0} s)",
+        g.warmup_s,
+        g.percent,
+        g.after_warmup_mib,
+        g.end_mib,
+        RssGrowth::WINDOW_S
+    )
 }
 
 /// Overwrites the terminal's status line on stderr with `line` (`\r` and
@@ -646,6 +714,37 @@ pub fn thread_list(threads: &[ThreadCpu]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rss_growth_compares_the_minute_after_warm_up_with_the_last() {
+        // 10 minutes, a sample a second: 100 MiB during a 2-minute
+        // warm-up, then 110 MiB with one 500 MiB spike, 121 MiB at the end.
+        let timeline: Vec<ResourcePoint> = (1..=600)
+            .map(|t| ResourcePoint {
+                t_s: f64::from(t),
+                cpu_percent: 50.0,
+                rss_mib: match t {
+                    ..120 => 100.0,
+                    130 => 500.0,
+                    540.. => 121.0,
+                    _ => 110.0,
+                },
+            })
+            .collect();
+        let r = ServerResources {
+            timeline,
+            ..ServerResources::default()
+        };
+        let g = r
+            .rss_growth_after(120.0)
+            .expect("ten minutes hold two windows after the warm-up");
+        assert_eq!((g.after_warmup_mib, g.end_mib), (110.0, 121.0));
+        assert!((g.percent - 10.0).abs() < 1e-9, "{g:?}");
+        assert!(growth_line(&g).contains("+10.0 %"));
+        // No room for two windows after the warm-up: no figure.
+        assert_eq!(r.rss_growth_after(500.0), None);
+        assert_eq!(ServerResources::default().rss_growth_after(0.0), None);
+    }
 
     #[test]
     fn latencies_fall_into_log_scale_buckets_between_the_first_and_last_used() {

@@ -259,6 +259,7 @@ fn summarize(pid: u32, samples: &[Sample], callers: usize) -> ServerResources {
         mean_cpu_percent: cpu_percent(first, last),
         max_cpu_percent: max_cpu,
         busiest_threads: Vec::new(),
+        rss_growth: None,
     }
 }
 

@@ -88,6 +88,10 @@ pub struct VoiceTable {
     pub first_message: Option<String>,
     pub end_of_turn_ms: Option<u32>,
     pub min_interruption_ms: Option<u32>,
+    /// Callers call again after hanging up, until `max_seconds` (a soak).
+    pub repeat_calls: Option<bool>,
+    /// Report the server's RSS growth from this many seconds in.
+    pub warmup_seconds: Option<u64>,
     /// WebRTC only.
     pub decode_audio: Option<bool>,
     /// WebRTC only.
@@ -205,6 +209,8 @@ impl ScenarioFile {
                     end_of_turn_ms: v.end_of_turn_ms,
                     min_interruption_ms: v.min_interruption_ms,
                 },
+                repeat_calls: v.repeat_calls.unwrap_or(d.repeat_calls),
+                warmup: v.warmup_seconds.map(Duration::from_secs).or(d.warmup),
             };
             let rtc = (v.transport.unwrap_or_default() == VoiceTransport::Rtc).then(|| {
                 let d = RtcOptions::default();

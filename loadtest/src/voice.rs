@@ -191,6 +191,12 @@ pub struct VoiceConfig {
     pub fake_providers_url: Option<String>,
     /// The assistant the run creates (not with `assistant_id`).
     pub assistant: AssistantShape,
+    /// A caller who hung up after its turns calls again, with a new
+    /// session, until `max_duration` (a soak: the same number of calls at
+    /// once for the whole run, sessions starting and ending throughout).
+    pub repeat_calls: bool,
+    /// Report the server's memory growth after this much of the run.
+    pub warmup: Option<Duration>,
 }
 
 /// What the assistant a run creates is like besides its providers (the
@@ -253,6 +259,8 @@ impl Default for VoiceConfig {
             server_pid: None,
             fake_providers_url: None,
             assistant: AssistantShape::default(),
+            repeat_calls: false,
+            warmup: None,
         }
     }
 }
@@ -982,6 +990,14 @@ async fn caller<T: Transport>(shared: Rc<Shared<T>>, index: usize) {
     let barges = barges_in(index, config.callers, config.barge_in_share);
     let attempted = call(&shared, index, barges).await;
     shared.stats.borrow_mut().turns_not_run += turns.saturating_sub(attempted);
+    // Calls after the first count what they ran; the deadline cutting one
+    // short is how a repeating run ends, not a turn missed.
+    while config.repeat_calls && Instant::now() < shared.deadline {
+        if call(&shared, index, barges).await == 0 {
+            // It failed before its first turn (counted): no tight loop.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
 }
 
 /// Joins, runs the turns, hangs up; returns the turns attempted.
@@ -1443,7 +1459,13 @@ pub(crate) async fn run<T: Transport>(
 
     let stats = shared.stats.take();
     let started_callers = callers - stats.callers_not_started;
-    let server = sampler.map(|s| s.finish(started_callers));
+    let server = sampler.map(|s| {
+        let mut figures = s.finish(started_callers);
+        if let Some(warmup) = shared.config.warmup {
+            figures.rss_growth = figures.rss_growth_after(warmup.as_secs_f64());
+        }
+        figures
+    });
     let load_generator = own_sampler.map(|s| s.finish(started_callers));
     let mut ops = stats.ops;
     let providers = match (&shared.config.fake_providers_url, providers_before) {

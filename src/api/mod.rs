@@ -12,6 +12,7 @@ pub mod ops;
 pub mod orgs;
 pub mod rooms;
 pub mod rooms_ws;
+pub mod session_forward;
 pub mod session_rtc;
 pub mod session_ws;
 pub mod sessions;
@@ -39,7 +40,15 @@ pub struct ListQuery {
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9]{1,18}$")]
     pub after: Option<String>,
+}
+
+/// The shape of every cursor: decimal digits, as `next_cursor` writes them
+/// (the OpenAPI document says the same, as a pattern).
+pub(crate) fn parse_cursor(text: &str) -> Option<i64> {
+    let digits = !text.is_empty() && text.len() <= 18 && text.bytes().all(|b| b.is_ascii_digit());
+    digits.then(|| text.parse().ok()).flatten()
 }
 
 impl ListQuery {
@@ -61,7 +70,7 @@ pub(crate) fn page_request(
     }
     let after = match after {
         None => None,
-        Some(cursor) => Some(cursor.parse::<i64>().map_err(|_| {
+        Some(cursor) => Some(parse_cursor(cursor).ok_or_else(|| {
             ApiError::validation("after", "after must be a next_cursor returned by this list")
         })?),
     };

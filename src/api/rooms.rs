@@ -858,10 +858,12 @@ pub struct HistoryQuery {
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// Newest first: `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9]{1,18}$")]
     pub after: Option<String>,
     /// Oldest first: the messages after this message id (what a
     /// reconnecting client missed); pass `next_cursor` as `since` for more.
     /// Not with `after`.
+    #[param(pattern = r"^[0-9]{1,18}$")]
     pub since: Option<String>,
 }
 
@@ -892,16 +894,9 @@ async fn list_messages(
                     "use either after (newest first) or since (oldest first), not both",
                 ));
             }
-            let since = since
-                .parse::<i64>()
-                .ok()
-                .filter(|v| *v >= 0)
-                .ok_or_else(|| {
-                    ApiError::validation(
-                        "since",
-                        "since must be a message id (0 for the beginning)",
-                    )
-                })?;
+            let since = super::parse_cursor(since).ok_or_else(|| {
+                ApiError::validation("since", "since must be a message id (0 for the beginning)")
+            })?;
             state
                 .db
                 .run(move |c| store::rooms::since(c, id, RoomMessageId(since), page.limit))

@@ -17,7 +17,7 @@
 //! [`RtcEndpoint`]: palaver_media::rtc::RtcEndpoint
 
 use actix_web::http::header;
-use actix_web::{HttpResponse, delete, post, web};
+use actix_web::{HttpRequest, HttpResponse, delete, post, web};
 use palaver_actors::conversation::EndReason;
 use palaver_actors::session::{CallerAudio, Hangup, MediaConnected, ToClient};
 use palaver_media::rtc::{CallAudio, OfferError, PeerEvent, RtcPeer};
@@ -29,6 +29,7 @@ use super::live::{
     Joined, Joining, TransportEnd, client_text, event_frames, hearing_frame, hello_frames, rejoin,
     waiting_for_rejoin,
 };
+use super::session_forward;
 use super::sessions::visible_session;
 use crate::ids::SessionId;
 use crate::model::Transport;
@@ -77,12 +78,17 @@ fn offer_error(err: OfferError) -> ApiError {
 )]
 #[post("/sessions/{id}/webrtc")]
 async fn create_peer(
+    req: HttpRequest,
     state: web::Data<AppState>,
     SessionCaller(caller): SessionCaller,
     id: web::Path<i64>,
     offer: SdpBody,
 ) -> Result<HttpResponse, ApiError> {
     let id = SessionId(*id);
+    // A rejoin of a call another node runs goes there.
+    if let Some(owner) = session_forward::owner_elsewhere(&state, &req, id).await {
+        return session_forward::forward_offer(&state, &req, &owner, id, offer.0).await;
+    }
     let call_audio = || {
         CallAudio::new(voice::rtc_encoder(&state.settings.rtc))
             .map_err(|e| ApiError::Internal(format!("call audio: {e}")))

@@ -37,6 +37,7 @@ use super::live::{
     Joined, Joining, TransportEnd, client_text, error_frame, event_frames, hearing_frame,
     hello_frames, rejoin, waiting_for_rejoin,
 };
+use super::session_forward;
 use crate::ids::SessionId;
 use crate::model::Transport;
 use crate::state::AppState;
@@ -92,6 +93,11 @@ async fn session_ws(
         (Err(err), None) => return Err(err),
     };
     let id = SessionId(*id);
+    // A rejoin of a call another node runs is relayed there.
+    if let Some(owner) = session_forward::owner_elsewhere(&state, &req, id).await {
+        return session_forward::relay_socket(&state, &req, body, &owner, id, MAX_CLIENT_MESSAGE)
+            .await;
+    }
     let speak = query.audio.unwrap_or(true);
     let handshake = |req: &HttpRequest, body: web::Payload| {
         actix_ws::handle(req, body).map_err(|e| ApiError::BadRequest {
