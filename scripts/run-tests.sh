@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole suite, twice: on SQLite (the default), then on a throw-away
 # Postgres. A throw-away Redis is up for both. Both servers are stopped on
-# exit, whatever happens. Then the console's browser test (Chromium, real
-# WebRTC); PALAVER_SKIP_CONSOLE_TEST=1 skips it.
+# exit, whatever happens. Between them, the contract test of the OpenAPI
+# document (scripts/contract-test.sh). Then the console's browser test
+# (Chromium, real WebRTC); PALAVER_SKIP_CONSOLE_TEST=1 skips it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -18,6 +19,11 @@ export PALAVER_TEST_REDIS_URL="$REDIS_URL_TEST"
 
 echo "== test suite on SQLite"
 cargo test --workspace --all-targets
+
+# The OpenAPI document against the server it describes (schemathesis, all
+# checks, 30 examples an operation; the binary the suite just built).
+echo "== contract test (schemathesis over /v1/openapi.json)"
+PALAVER_BIN_DIR=target/debug scripts/contract-test.sh
 
 # The whole workspace again: `-p palaver` alone would resolve features
 # differently and rebuild half the dependencies (minutes), more than the

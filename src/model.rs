@@ -159,7 +159,6 @@ text_enum!(
         Local => "local",
         Openai => "openai",
         Elevenlabs => "elevenlabs",
-        Fish => "fish",
     }
 );
 

@@ -83,7 +83,6 @@ async fn assistant_validation_names_the_field() {
     let server = TestServer::start().await;
     let t = server.tenant("acme").await;
     for (body, field) in [
-        (json!({}), "name"),
         (
             json!({"name": "a", "llm": {"temperature": 2.1}}),
             "llm.temperature",
@@ -94,7 +93,7 @@ async fn assistant_validation_names_the_field() {
         ),
         (
             json!({"name": "a", "tts": {"provider": "fish"}}),
-            "tts.voice_id",
+            "tts.provider",
         ),
         (json!({"name": "a", "max_duration_s": 0}), "max_duration_s"),
         (json!({"name": "x".repeat(101)}), "name"),

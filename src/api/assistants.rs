@@ -10,7 +10,9 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::error::{ApiError, ErrorBody, not_found};
 use super::extract::{Caller, ValidJson};
-use super::{ListQuery, Page, check_len, json_column, json_object, nullable, utc};
+use super::{
+    BLANKS, ListQuery, Page, check_len, check_name, json_column, json_object, nullable, utc,
+};
 use crate::ids::{AssistantId, UserId};
 use crate::model::{LlmProvider, Role, SttProvider, TtsProvider};
 use crate::state::AppState;
@@ -133,27 +135,37 @@ impl From<Assistant> for AssistantView {
     }
 }
 
-/// Fields to set. On create every field but `name` has a default; on update
-/// only the fields present change (`null` clears a nullable field).
+/// Fields to set. On create every field has a default (the name: "New
+/// assistant"); on update only the fields present change. `null` clears
+/// `first_message` and `llm.base_url` and leaves any other field as it is.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AssistantInput {
+    #[schema(min_length = 1, max_length = 100, pattern = r"[^ \t\n\r]")]
     pub name: Option<String>,
+    /// Blank: none.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 2000)]
     pub first_message: Option<Option<String>>,
     pub first_message_interruptible: Option<bool>,
+    #[schema(max_length = 20000)]
     pub system_prompt: Option<String>,
     pub llm: Option<LlmInput>,
     pub stt: Option<SttInput>,
     pub tts: Option<TtsInput>,
     pub interruptions_enabled: Option<bool>,
+    #[schema(minimum = 0, maximum = 5000)]
     pub min_interruption_ms: Option<i32>,
+    #[schema(minimum = 0, maximum = 20)]
     pub min_interruption_words: Option<i32>,
+    #[schema(minimum = 100, maximum = 5000)]
     pub end_of_turn_ms: Option<i32>,
     pub background_denoising: Option<bool>,
+    #[schema(minimum = 5, maximum = 3600)]
     pub idle_timeout_s: Option<i32>,
+    #[schema(minimum = 10, maximum = 43200)]
     pub max_duration_s: Option<i32>,
+    /// At most 16 KiB as JSON.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
 }
@@ -163,11 +175,16 @@ pub struct AssistantInput {
 pub struct LlmInput {
     /// Changing the provider without a model picks the provider's default.
     pub provider: Option<LlmProvider>,
+    #[schema(min_length = 1, max_length = 200, pattern = r"[^ \t\n\r]")]
     pub model: Option<String>,
+    /// Any OpenAI-compatible server, for provider `openai` only: given
+    /// without a provider, it selects `openai`.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 500, pattern = "^https?://")]
     pub base_url: Option<Option<String>>,
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
+    #[schema(minimum = 1, maximum = 8192)]
     pub max_tokens: Option<i32>,
 }
 
@@ -175,15 +192,22 @@ pub struct LlmInput {
 #[serde(deny_unknown_fields)]
 pub struct SttInput {
     pub provider: Option<SttProvider>,
+    #[schema(min_length = 1, max_length = 200, pattern = r"[^ \t\n\r]")]
     pub model: Option<String>,
+    /// A language tag such as `en` or `en-US` (spaces, tabs and line breaks
+    /// around it are dropped).
+    #[schema(pattern = r"^[ \t\n\r]*[A-Za-z0-9-]{2,16}[ \t\n\r]*$")]
     pub language: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TtsInput {
+    /// Changing the provider without a voice picks the provider's default.
     pub provider: Option<TtsProvider>,
+    #[schema(min_length = 1, max_length = 200, pattern = r"[^ \t\n\r]")]
     pub voice_id: Option<String>,
+    /// Provider options, at most 4 KiB as JSON.
     #[schema(value_type = Option<Object>)]
     pub settings: Option<serde_json::Value>,
 }
@@ -203,20 +227,20 @@ fn default_stt_model(provider: SttProvider) -> &'static str {
     }
 }
 
-/// `None` where the provider has no sensible default voice: the caller must
-/// name one.
-fn default_voice(provider: TtsProvider) -> Option<&'static str> {
+/// Each provider's default voice: ElevenLabs' is "Rachel", one of the
+/// premade voices every account has.
+fn default_voice(provider: TtsProvider) -> &'static str {
     match provider {
-        TtsProvider::Local => Some("en_US-joe-medium"),
-        TtsProvider::Openai => Some("alloy"),
-        TtsProvider::Elevenlabs | TtsProvider::Fish => None,
+        TtsProvider::Local => "en_US-joe-medium",
+        TtsProvider::Openai => "alloy",
+        TtsProvider::Elevenlabs => "21m00Tcm4TlvDq8ikWAM",
     }
 }
 
 /// The settings of a new assistant before the caller's input.
 pub fn default_settings() -> AssistantSettings {
     AssistantSettings {
-        name: String::new(),
+        name: "New assistant".to_owned(),
         first_message: None,
         first_message_interruptible: true,
         system_prompt: "You are a helpful voice assistant. Answer in one or two short, \
@@ -231,9 +255,7 @@ pub fn default_settings() -> AssistantSettings {
         stt_model: default_stt_model(SttProvider::Local).to_owned(),
         stt_language: "en".to_owned(),
         tts_provider: TtsProvider::Local,
-        tts_voice_id: default_voice(TtsProvider::Local)
-            .unwrap_or_default()
-            .to_owned(),
+        tts_voice_id: default_voice(TtsProvider::Local).to_owned(),
         tts_settings: "{}".to_owned(),
         interruptions_enabled: true,
         min_interruption_ms: 300,
@@ -262,7 +284,7 @@ pub fn apply(
     input: AssistantInput,
 ) -> Result<AssistantSettings, ApiError> {
     if let Some(name) = input.name {
-        s.name = name.trim().to_owned();
+        s.name = check_name("name", &name, 100)?.to_owned();
     }
     if let Some(first) = input.first_message {
         s.first_message = first.filter(|m| !m.trim().is_empty());
@@ -274,14 +296,19 @@ pub fn apply(
         s.system_prompt = prompt;
     }
     if let Some(llm) = input.llm {
-        if let Some(provider) = llm.provider {
+        // A base URL is for the OpenAI-compatible adapter: it selects it.
+        let provider = match (llm.provider, &llm.base_url) {
+            (None, Some(Some(_))) => Some(LlmProvider::Openai),
+            (provider, _) => provider,
+        };
+        if let Some(provider) = provider {
             if provider != s.llm_provider && llm.model.is_none() {
                 s.llm_model = default_llm_model(provider).to_owned();
             }
             s.llm_provider = provider;
         }
         if let Some(model) = llm.model {
-            s.llm_model = model.trim().to_owned();
+            s.llm_model = check_name("llm.model", &model, 200)?.to_owned();
         }
         if let Some(base_url) = llm.base_url {
             s.llm_base_url = base_url;
@@ -301,21 +328,21 @@ pub fn apply(
             s.stt_provider = provider;
         }
         if let Some(model) = stt.model {
-            s.stt_model = model.trim().to_owned();
+            s.stt_model = check_name("stt.model", &model, 200)?.to_owned();
         }
         if let Some(language) = stt.language {
-            s.stt_language = language.trim().to_owned();
+            s.stt_language = language.trim_matches(BLANKS).to_owned();
         }
     }
     if let Some(tts) = input.tts {
         if let Some(provider) = tts.provider {
             if provider != s.tts_provider && tts.voice_id.is_none() {
-                s.tts_voice_id = default_voice(provider).unwrap_or_default().to_owned();
+                s.tts_voice_id = default_voice(provider).to_owned();
             }
             s.tts_provider = provider;
         }
         if let Some(voice) = tts.voice_id {
-            s.tts_voice_id = voice.trim().to_owned();
+            s.tts_voice_id = check_name("tts.voice_id", &voice, 200)?.to_owned();
         }
         if let Some(settings) = tts.settings {
             s.tts_settings = json_object("tts.settings", &settings, TTS_SETTINGS_MAX_BYTES)?;
@@ -389,12 +416,6 @@ fn validate(s: &AssistantSettings) -> Result<(), ApiError> {
             "stt.language must be a language tag such as `en` or `en-US`",
         ));
     }
-    if s.tts_voice_id.is_empty() {
-        return Err(ApiError::validation(
-            "tts.voice_id",
-            format!("tts.voice_id is required for provider `{}`", s.tts_provider),
-        ));
-    }
     check_len("tts.voice_id", &s.tts_voice_id, 1, 200)?;
     check_range("min_interruption_ms", s.min_interruption_ms, 0, 5_000)?;
     check_range("min_interruption_words", s.min_interruption_words, 0, 20)?;
@@ -435,9 +456,6 @@ async fn create_assistant(
     body: ValidJson<AssistantInput>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_org_credential()?;
-    if body.0.name.is_none() {
-        return Err(ApiError::validation("name", "name is required"));
-    }
     let settings = apply(default_settings(), body.0)?;
     let (org, user) = (caller.org, caller.user_id());
     let row = state
@@ -574,6 +592,22 @@ mod tests {
     }
 
     #[test]
+    fn every_field_has_a_default_and_a_base_url_selects_openai() {
+        let s = apply(default_settings(), input("{}")).expect("valid");
+        assert_eq!(s.name, "New assistant");
+        let s = apply(
+            default_settings(),
+            input(
+                r#"{"llm":{"base_url":"http://127.0.0.1:9/v1"},"tts":{"provider":"elevenlabs"}}"#,
+            ),
+        )
+        .expect("valid");
+        assert_eq!(s.llm_provider, LlmProvider::Openai);
+        assert_eq!(s.llm_model, "gpt-4o-mini");
+        assert_eq!(s.tts_voice_id, "21m00Tcm4TlvDq8ikWAM");
+    }
+
+    #[test]
     fn switching_provider_picks_its_default_model() {
         let s = apply(
             default_settings(),
@@ -593,12 +627,10 @@ mod tests {
             (r#"{"name":"a","llm":{"max_tokens":0}}"#, "llm.max_tokens"),
             (r#"{"name":""}"#, "name"),
             (r#"{"name":"a","end_of_turn_ms":50}"#, "end_of_turn_ms"),
+            (r#"{"name":" \t\n"}"#, "name"),
+            (r#"{"tts":{"voice_id":"  "}}"#, "tts.voice_id"),
             (
-                r#"{"name":"a","tts":{"provider":"elevenlabs"}}"#,
-                "tts.voice_id",
-            ),
-            (
-                r#"{"name":"a","llm":{"base_url":"http://x"}}"#,
+                r#"{"name":"a","llm":{"provider":"local","base_url":"http://x"}}"#,
                 "llm.base_url",
             ),
             (r#"{"name":"a","metadata":[1]}"#, "metadata"),

@@ -454,13 +454,20 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         let inner = err.into_inner();
         if inner.is_data() {
             let message = inner.to_string();
-            // serde blames a missing field on the object that lacks it.
-            let missing = message
-                .strip_prefix("missing field `")
+            // serde blames a missing field on the object that lacks it,
+            // and inside a tagged enum (buffered) it cannot say where an
+            // unknown one was: the message names either.
+            let missing = ["missing field `", "unknown field `"]
+                .iter()
+                .find_map(|prefix| message.strip_prefix(prefix))
                 .and_then(|rest| rest.split_once('`'))
                 .map(|(name, _)| name.to_owned());
             let field = match (path.as_str(), missing) {
                 (".", Some(name)) => Some(name),
+                // An unknown field of a plain struct: the path names it.
+                (path, Some(name)) if path == name || path.ends_with(&format!(".{name}")) => {
+                    Some(path.to_owned())
+                }
                 (parent, Some(name)) => Some(format!("{parent}.{name}")),
                 (".", None) => None,
                 (_, None) => Some(path),

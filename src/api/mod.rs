@@ -139,6 +139,25 @@ pub(crate) fn json_object(
     Ok(text)
 }
 
+/// What a name may not be made of only, and what is trimmed from it:
+/// spaces, tabs and line breaks. The OpenAPI document says the same of
+/// each name with the pattern `[^ \t\n\r]`.
+pub(crate) const BLANKS: [char; 4] = [' ', '\t', '\n', '\r'];
+
+/// A name as sent: 1 to `max` characters, not only [`BLANKS`]; answers it
+/// trimmed of them.
+pub(crate) fn check_name<'a>(field: &str, raw: &'a str, max: usize) -> Result<&'a str, ApiError> {
+    check_len(field, raw, 1, max)?;
+    let trimmed = raw.trim_matches(BLANKS);
+    if trimmed.is_empty() {
+        return Err(ApiError::validation(
+            field,
+            format!("{field} must not be blank"),
+        ));
+    }
+    Ok(trimmed)
+}
+
 pub(crate) fn check_len(field: &str, value: &str, min: usize, max: usize) -> Result<(), ApiError> {
     let chars = value.chars().count();
     if chars < min || chars > max {
@@ -243,6 +262,7 @@ pub fn complete_document(doc: &mut utoipa::openapi::OpenApi) {
             )
             .build()
     };
+    only_openai_takes_a_base_url(doc);
     for item in doc.paths.paths.values_mut() {
         let operations = [
             item.get.as_mut(),
@@ -300,6 +320,37 @@ pub fn complete_document(doc: &mut utoipa::openapi::OpenApi) {
             }
         }
     }
+}
+
+/// `llm.base_url` with a provider other than `openai` is refused: the
+/// document says so (a rule across two fields, which the derived schema
+/// cannot say).
+fn only_openai_takes_a_base_url(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder, SchemaType, Type};
+    let Some(schemas) = doc.components.as_mut().map(|c| &mut c.schemas) else {
+        return;
+    };
+    let Some(derived) = schemas.remove("LlmInput") else {
+        return;
+    };
+    let openai_or_no_provider = ObjectBuilder::new().property(
+        "provider",
+        ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+            .enum_values(Some([serde_json::json!("openai"), serde_json::Value::Null])),
+    );
+    let no_base_url =
+        ObjectBuilder::new().property("base_url", ObjectBuilder::new().schema_type(Type::Null));
+    let rule = AnyOfBuilder::new()
+        .item(openai_or_no_provider)
+        .item(no_base_url);
+    let combined = AllOfBuilder::new()
+        .item(derived)
+        .item(rule)
+        .description(Some(
+            "`base_url` goes with provider `openai` (given without a provider, it selects it)",
+        ));
+    schemas.insert("LlmInput".to_owned(), combined.into());
 }
 
 /// Registers every route; the caller adds the OpenAPI document route.

@@ -8,7 +8,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Caller, ValidJson};
-use super::{check_len, utc};
+use super::{check_name, utc};
 use crate::ids::OrgId;
 use crate::state::AppState;
 use crate::store::orgs::Organization;
@@ -56,6 +56,7 @@ async fn get_organization(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateOrganization {
+    #[schema(min_length = 1, max_length = 200, pattern = r"[^ \t\n\r]")]
     pub name: String,
 }
 
@@ -75,8 +76,7 @@ async fn update_organization(
     body: ValidJson<UpdateOrganization>,
 ) -> Result<web::Json<OrganizationView>, ApiError> {
     caller.require_admin()?;
-    let name = body.0.name.trim().to_owned();
-    check_len("name", &name, 1, 200)?;
+    let name = check_name("name", &body.0.name, 200)?.to_owned();
     let org = caller.org;
     let row = state
         .db

@@ -26,7 +26,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::error::{ApiError, ErrorBody, not_found};
 use super::extract::{Caller, ValidJson};
-use super::{ListQuery, Page, check_len, nullable, page_request, utc};
+use super::{ListQuery, Page, check_len, check_name, nullable, page_request, utc};
 use crate::db::StoreError;
 use crate::ids::{AssistantId, OrgId, RoomId, RoomMessageId, UserId};
 use crate::model::{AttachmentKind, RoomKind, RoomRole};
@@ -273,7 +273,10 @@ async fn check_assistant(state: &AppState, org: OrgId, id: AssistantId) -> Resul
         })
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+/// A room to create. One struct for both kinds, so that each error names
+/// its field; the OpenAPI document shows the two kinds apart (see its
+/// [`utoipa::PartialSchema`] below).
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRoom {
     pub kind: RoomKind,
@@ -289,6 +292,67 @@ pub struct CreateRoom {
     /// Group room: an assistant of the organization that joins the room and
     /// answers users' text messages.
     pub assistant_id: Option<AssistantId>,
+}
+
+impl utoipa::ToSchema for CreateRoom {}
+
+/// The two kinds apart, with the limits [`create_room`] enforces for an
+/// API key (a user may also leave themself out of a direct room's
+/// `member_ids`, and leave out `owner_id`).
+impl utoipa::PartialSchema for CreateRoom {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let id = |description: &str| serde_json::json!({"type": "integer", "format": "int64", "description": description});
+        let doc = serde_json::json!({
+            "description": "A room to create; `kind` says which.",
+            "oneOf": [
+                {
+                    "type": "object",
+                    "description": "Between two users of the organization; creating it again \
+                        answers the existing room (200).",
+                    "required": ["kind", "member_ids"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "kind": {"type": "string", "enum": ["direct"]},
+                        "member_ids": {
+                            "type": "array", "items": id("A user id"),
+                            "minItems": 2, "maxItems": 2, "uniqueItems": true,
+                            "description": "The two users. A user creating the room may give \
+                                only the other one.",
+                        },
+                        "name": {"type": "null"},
+                        "owner_id": {"type": "null"},
+                        "assistant_id": {"type": "null"},
+                    },
+                },
+                {
+                    "type": "object",
+                    "description": "A named room: its owner and up to 100 other members, \
+                        optionally with an assistant that answers text messages.",
+                    "required": ["kind", "name", "owner_id"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "kind": {"type": "string", "enum": ["group"]},
+                        "name": {
+                            "type": "string", "minLength": 1, "maxLength": NAME_MAX_CHARS,
+                            "pattern": r"[^ \t\n\r]",
+                            "description": "Spaces, tabs and line breaks around it are dropped.",
+                        },
+                        "member_ids": {
+                            "type": "array", "items": id("A user id"), "maxItems": MEMBER_IDS_MAX,
+                            "description": "The members besides the owner (repeats count once).",
+                        },
+                        "owner_id": id("The user who owns the room. A user creating the room \
+                            owns it and may leave this out (or give their own id)."),
+                        "assistant_id": {
+                            "type": ["integer", "null"], "format": "int64",
+                            "description": "An assistant of the organization",
+                        },
+                    },
+                },
+            ],
+        });
+        serde_json::from_value(doc).expect("the CreateRoom schema is a valid schema")
+    }
 }
 
 #[utoipa::path(
@@ -402,7 +466,7 @@ async fn create_room(
             let name = input
                 .name
                 .ok_or_else(|| ApiError::validation("name", "a group room needs a name"))?;
-            check_len("name", name.trim(), 1, NAME_MAX_CHARS)?;
+            let name = check_name("name", &name, NAME_MAX_CHARS)?.to_owned();
             let owner = match (user, input.owner_id) {
                 (Some(me), None) => me,
                 (Some(me), Some(owner)) if owner == me => me,
@@ -434,9 +498,7 @@ async fn create_room(
             }
             let (room, rows) = state
                 .db
-                .run(move |c| {
-                    store::rooms::create_group(c, org, name.trim(), user, &members, assistant)
-                })
+                .run(move |c| store::rooms::create_group(c, org, &name, user, &members, assistant))
                 .await?;
             tracing::info!(room = %room.id, org = %org, kind = "group", members = rows.len(), "room created");
             let member = user.and_then(|me| rows.iter().find(|m| m.user_id == me));

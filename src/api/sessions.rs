@@ -325,7 +325,7 @@ pub struct MessageListQuery {
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page (a `seq`).
-    #[param(pattern = r"^[0-9]{1,18}$")]
+    #[param(pattern = r"^[0-9]{1,9}$")]
     pub after: Option<String>,
 }
 

@@ -80,14 +80,17 @@ fn token_pair(state: &AppState, user: User) -> TokenPair {
     }
 }
 
-/// Lower-cases and sanity-checks an email address.
+/// Lower-cases and sanity-checks an email address: at most 254
+/// characters, spaces, tabs and line breaks only around it, something
+/// before the one `@` and a dot after it (the OpenAPI document's pattern).
 pub fn normalize_email(email: &str) -> Result<String, ApiError> {
-    let email = email.trim().to_lowercase();
-    let valid = email.len() <= 254
-        && !email.contains(char::is_whitespace)
-        && email.split_once('@').is_some_and(|(local, domain)| {
+    let trimmed = email.trim_matches(super::BLANKS);
+    let valid = email.chars().count() <= 254
+        && !trimmed.contains(super::BLANKS)
+        && trimmed.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty() && domain.contains('.') && !domain.contains('@')
         });
+    let email = trimmed.to_lowercase();
     if !valid {
         return Err(ApiError::validation(
             "email",
@@ -153,11 +156,17 @@ pub async fn create_user_in(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignupInput {
+    #[schema(
+        max_length = 254,
+        pattern = r"^[ \t\n\r]*[^@ \t\n\r]+@[^@ \t\n\r]*\.[^@ \t\n\r]*[ \t\n\r]*$"
+    )]
     pub email: String,
-    #[schema(value_type = String, format = Password)]
+    #[schema(value_type = String, format = Password, min_length = 10, max_length = 200)]
     pub password: Secret,
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
     /// The new organization; the user becomes its admin.
+    #[schema(min_length = 1, max_length = 200, pattern = r"[^ \t\n\r]")]
     pub organization_name: String,
 }
 
@@ -188,8 +197,8 @@ async fn signup(
         ));
     }
     let input = body.0;
-    let org_name = input.organization_name.trim().to_owned();
-    check_len("organization_name", &org_name, 1, 200)?;
+    let org_name =
+        super::check_name("organization_name", &input.organization_name, 200)?.to_owned();
     normalize_email(&input.email)?;
     check_password(input.password.expose())?;
     let org = state
@@ -396,9 +405,14 @@ async fn list_users(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUserInput {
+    #[schema(
+        max_length = 254,
+        pattern = r"^[ \t\n\r]*[^@ \t\n\r]+@[^@ \t\n\r]*\.[^@ \t\n\r]*[ \t\n\r]*$"
+    )]
     pub email: String,
-    #[schema(value_type = String, format = Password)]
+    #[schema(value_type = String, format = Password, min_length = 10, max_length = 200)]
     pub password: Secret,
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
     pub role: Role,
 }
