@@ -10,6 +10,8 @@
 #             pcm_frame    a WebSocket client's 20 ms PCM16 frame
 #             opus_packet  a caller's Opus packet (WebRTC, or WebSocket Opus)
 #             sdp_offer    an SDP offer, through the join path's negotiation
+#             session_message  a voice session's client text message
+#             rooms_message    a rooms WebSocket client frame
 #
 # Needs the nightly toolchain (libFuzzer's instrumentation) and cargo-fuzz,
 # which it installs from crates.io when missing. Not part of `make test`:
@@ -19,7 +21,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../fuzz"
 
 seconds="${1:-300}"
 shift || true
-if [ $# -gt 0 ]; then targets=("$@"); else targets=(pcm_frame opus_packet sdp_offer); fi
+if [ $# -gt 0 ]; then targets=("$@"); else targets=(pcm_frame opus_packet sdp_offer session_message rooms_message); fi
 
 rustup toolchain list | grep -q '^nightly' || {
   echo "fuzz: the nightly toolchain is needed (rustup toolchain install nightly)" >&2

@@ -9,7 +9,6 @@ use palaver_actors::conversation::{EndReason, Event};
 use palaver_actors::session::{
     Attach, Detach, Hangup, SessionActor, SessionSetup, ToClient, UserText,
 };
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, not_found};
@@ -193,16 +192,6 @@ impl Joining {
     }
 }
 
-/// A client text message. `EndSession` has braces so that unknown fields
-/// are refused there too (serde lets a unit variant of an internally
-/// tagged enum ignore them).
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
-enum ClientMessage {
-    UserMessage { text: String },
-    EndSession {},
-}
-
 /// Acts on one client text message of session `id`; returns the `error`
 /// frame for one the server cannot read, or one over the session's rate
 /// limit (the connection stays up). Every text message counts against the
@@ -224,12 +213,12 @@ pub fn client_text(
             ),
         ));
     }
-    match serde_json::from_str::<ClientMessage>(text) {
-        Ok(ClientMessage::UserMessage { text }) => {
+    match palaver_protocol::session::parse(text) {
+        Ok(palaver_protocol::session::ClientMessage::UserMessage { text }) => {
             actor.do_send(UserText(text));
             None
         }
-        Ok(ClientMessage::EndSession {}) => {
+        Ok(palaver_protocol::session::ClientMessage::EndSession {}) => {
             actor.do_send(Hangup(EndReason::EndSession));
             None
         }

@@ -282,42 +282,13 @@ fn api_error(err: ApiError) -> Value {
     error(code, err.to_string())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", deny_unknown_fields)]
-enum ClientMessage {
-    #[serde(rename = "typing")]
-    Typing {
-        room_id: RoomId,
-        #[serde(default = "yes")]
-        typing: bool,
-    },
-    #[serde(rename = "send")]
-    Send {
-        room_id: RoomId,
-        body: String,
-        idempotency_key: Option<String>,
-    },
-    #[serde(rename = "presence")]
-    Presence { status: AwayOrOnline },
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum AwayOrOnline {
-    Away,
-    Online,
-}
-
 /// Handles one client frame; the reply for this connection, if any.
 async fn client_message(state: &AppState, org: OrgId, user: UserId, text: &str) -> Option<Value> {
     if let Err(retry) = state.limits.check(crate::state::RateKey::User(user)) {
         return Some(api_error(retry.into()));
     }
-    let message: ClientMessage = match serde_json::from_str(text) {
+    use palaver_protocol::rooms::{AwayOrOnline, ClientMessage};
+    let message = match palaver_protocol::rooms::parse(text) {
         Ok(message) => message,
         Err(err) => {
             return Some(error(
@@ -332,6 +303,7 @@ async fn client_message(state: &AppState, org: OrgId, user: UserId, text: &str) 
     };
     match message {
         ClientMessage::Typing { room_id, typing } => {
+            let room_id = RoomId(room_id);
             let others = match others_in(state, org, room_id, user).await {
                 Ok(others) => others,
                 Err(err) => return Some(api_error(err)),
@@ -348,7 +320,7 @@ async fn client_message(state: &AppState, org: OrgId, user: UserId, text: &str) 
             room_id,
             body,
             idempotency_key,
-        } => match send(state, org, user, room_id, body, idempotency_key).await {
+        } => match send(state, org, user, RoomId(room_id), body, idempotency_key).await {
             Ok(ack) => Some(ack),
             Err(err) => Some(api_error(err)),
         },

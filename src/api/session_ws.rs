@@ -26,6 +26,7 @@ use palaver_actors::session::{CallerAudio, ToClient};
 use palaver_media::AudioFrame;
 use palaver_media::codec::{EncoderConfig, MAX_PACKET_BYTES};
 use palaver_media::rtc::CallAudio;
+use palaver_protocol::session::{Encoding, audio_format_request};
 use serde::Deserialize;
 use serde_json::json;
 use utoipa::IntoParams;
@@ -259,29 +260,6 @@ async fn run_socket(
         let _ = socket.close(Some(reason)).await;
     }
     joined.close(state, id, end);
-}
-
-/// Audio encodings a WebSocket client may choose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Encoding {
-    Pcm16,
-    Opus,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AudioFormatRequest {
-    #[serde(rename = "type")]
-    _type: String,
-    encoding: Encoding,
-}
-
-/// The encoding asked for by an `audio-format` message, if it is one; a
-/// malformed one is left to [`client_text`], which explains.
-fn audio_format_request(text: &str) -> Option<Encoding> {
-    let request: AudioFormatRequest = serde_json::from_str(text).ok()?;
-    (request._type == "audio-format").then_some(request.encoding)
 }
 
 /// The binary frames of one WebSocket session, PCM16 or Opus. Outgoing
