@@ -328,6 +328,8 @@ pub struct TokenSigner {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    /// The same without the expiry: for [`TokenSigner::expired_join`].
+    validation_past_expiry: Validation,
     settings: AuthSettings,
 }
 
@@ -348,7 +350,10 @@ impl TokenSigner {
         let mut validation = Validation::new(JwtAlgorithm::HS256);
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp"]);
+        let mut validation_past_expiry = validation.clone();
+        validation_past_expiry.validate_exp = false;
         Ok(Self {
+            validation_past_expiry,
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             decoding: DecodingKey::from_secret(secret.as_bytes()),
             validation,
@@ -423,6 +428,19 @@ impl TokenSigner {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid,
             })
+    }
+
+    /// The claims of a session join token this server signed that has
+    /// expired (`None` for any other token, expired or not): a caller whose
+    /// call outlived its token may still rejoin it (see `api::live`).
+    pub fn expired_join(&self, token: &str) -> Option<Claims> {
+        if !matches!(self.verify(token), Err(TokenError::Expired)) {
+            return None;
+        }
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation_past_expiry)
+            .ok()
+            .map(|data| data.claims)
+            .filter(|claims| claims.typ == TokenKind::Session && claims.sid.is_some())
     }
 
     pub fn session_token_ttl_s(&self) -> u64 {

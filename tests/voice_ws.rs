@@ -734,3 +734,66 @@ async fn a_normal_close_is_a_hang_up() {
     let session = common::voice::wait_ended(&call).await;
     assert_eq!(session["end_reason"], "hang-up", "{session}");
 }
+
+#[actix_web::test]
+async fn a_join_token_that_expired_during_the_call_still_brings_its_caller_back() {
+    let call = call(
+        vec![Ok("Hello.".into()), Ok("Still here.".into())],
+        json!({}),
+    )
+    .await;
+    let mut socket = connect(&call, "&audio=false").await;
+    let mut seen = Seen::default();
+    read_until(&mut socket, &mut seen, "session.started").await;
+    // The same token as it is once its lifetime is over.
+    let tokens = &call.server.state.tokens;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let expired = tokens.sign_claims(&palaver::auth::Claims {
+        exp: now - 60,
+        ..tokens.verify(&call.token).unwrap()
+    });
+    // While its call is carried, an expired token reaches nothing.
+    let path = format!("/v1/sessions/{}", call.session);
+    let (status, body) = call.server.get(&path, &expired).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let url = format!(
+        "ws://{}/v1/sessions/{}/ws?token={expired}&audio=false",
+        call.server.addr, call.session
+    );
+    assert!(awc::Client::new().ws(&url).connect().await.is_err());
+
+    // The connection drops: the expired token rejoins the waiting call.
+    drop(socket);
+    let id = palaver::ids::SessionId(call.session);
+    for _ in 0..200 {
+        if call.server.state.live.is_detached(id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, mut socket) = awc::Client::new()
+        .ws(&url)
+        .connect()
+        .await
+        .expect("the expired token rejoins the call");
+    let mut again = Seen::default();
+    read_until(&mut socket, &mut again, "session.resumed").await;
+    say(&mut socket, "Are you there?").await;
+    read_until(&mut socket, &mut again, "assistant-message").await;
+    let stored = wait_messages(&call, 2).await;
+    assert_eq!(stored[0]["content"], "Are you there?", "{stored:?}");
+
+    // Once the call is over, the expired token is refused again.
+    socket
+        .send(Message::Text(
+            json!({"type": "end-session"}).to_string().into(),
+        ))
+        .await
+        .unwrap();
+    read_until(&mut socket, &mut again, "session.ended").await;
+    common::voice::wait_ended(&call).await;
+    assert!(awc::Client::new().ws(&url).connect().await.is_err());
+}

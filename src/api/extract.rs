@@ -113,7 +113,7 @@ fn missing_credential() -> ApiError {
     ApiError::unauthorized("missing `Authorization: Bearer <API key or token>` header")
 }
 
-fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
+pub(crate) fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
     let value = req
         .headers()
         .get(header::AUTHORIZATION)

@@ -12,7 +12,7 @@ use palaver_actors::session::{
 use serde_json::{Value, json};
 
 use super::error::{ApiError, not_found};
-use super::extract::Caller;
+use super::extract::{Caller, CallerKind};
 use super::sessions::visible_session;
 use crate::ids::{OrgId, SessionId};
 use crate::model::Transport;
@@ -86,6 +86,41 @@ pub async fn waiting_for_rejoin(
     }
     visible_session(state, caller, id).await?;
     Ok(true)
+}
+
+/// A caller refused with `refused` (their credential did not pass) who
+/// holds the join token of session `id`, expired during the call: they may
+/// still come back to it while it waits for them, here or on another node
+/// (whose own check then applies). A join token is short-lived
+/// (`auth.session_token_ttl_s`) but a call may last hours; for anything
+/// else, the expired token stays refused.
+pub async fn rejoining_after_expiry(
+    state: &AppState,
+    token: Option<&str>,
+    id: SessionId,
+    refused: ApiError,
+) -> Result<Caller, ApiError> {
+    let claims = token.and_then(|token| state.tokens.expired_join(token));
+    let Some(claims) = claims.filter(|c| c.sid == Some(id)) else {
+        return Err(refused);
+    };
+    let waiting = state.live.is_detached(id)
+        || match &state.cluster {
+            Some(cluster) if !state.live.contains(id) => {
+                cluster.session_elsewhere(id).await.is_some()
+            }
+            _ => false,
+        };
+    if !waiting {
+        return Err(refused);
+    }
+    let caller = Caller {
+        org: claims.org,
+        kind: CallerKind::Session(id),
+    };
+    state.limits.check(caller.rate_key())?;
+    tracing::info!(session = %id, "a caller rejoins with the join token that expired during the call");
+    Ok(caller)
 }
 
 /// Hands the session waiting for its caller to a new transport (call

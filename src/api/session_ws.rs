@@ -36,7 +36,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{self, Caller};
 use super::live::{
     Joined, Joining, TransportEnd, client_text, error_frame, event_frames, hearing_frame,
-    hello_frames, rejoin, waiting_for_rejoin,
+    hello_frames, rejoin, rejoining_after_expiry, waiting_for_rejoin,
 };
 use super::session_forward;
 use crate::ids::SessionId;
@@ -84,16 +84,24 @@ async fn session_ws(
     id: web::Path<i64>,
     query: web::Query<WsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = match (Caller::from_request_sync(&req), &query.token) {
-        (Ok(caller), _) => caller,
-        (Err(_), Some(token)) => {
-            let caller = extract::authenticate(&state, token).await?;
-            state.limits.check(caller.rate_key())?;
-            caller
-        }
-        (Err(err), None) => return Err(err),
-    };
     let id = SessionId(*id);
+    let token = query.token.clone().or_else(|| extract::bearer(&req).ok());
+    let authenticated = match (Caller::from_request_sync(&req), &query.token) {
+        (Ok(caller), _) => Ok(caller),
+        (Err(_), Some(token)) => match extract::authenticate(&state, token).await {
+            Ok(caller) => state
+                .limits
+                .check(caller.rate_key())
+                .map(|()| caller)
+                .map_err(Into::into),
+            Err(err) => Err(err),
+        },
+        (Err(err), None) => Err(err),
+    };
+    let caller = match authenticated {
+        Ok(caller) => caller,
+        Err(err) => rejoining_after_expiry(&state, token.as_deref(), id, err).await?,
+    };
     // A rejoin of a call another node runs is relayed there.
     if let Some(owner) = session_forward::owner_elsewhere(&state, &req, id).await {
         return session_forward::relay_socket(&state, &req, body, &owner, id, MAX_CLIENT_MESSAGE)
