@@ -250,6 +250,20 @@ impl Db {
         })
     }
 
+    /// Bytes SQLite holds in this process now (its page caches above all),
+    /// for `/metrics`; `None` on Postgres.
+    pub fn sqlite_memory_bytes(&self) -> Option<i64> {
+        (self.backend() == Backend::Sqlite).then(|| {
+            // SAFETY: sqlite3_memory_used takes no arguments and reads a
+            // counter under SQLite's own mutex; the bundled SQLite is
+            // thread-safe, so any thread may call it at any time.
+            #[allow(unsafe_code)]
+            unsafe {
+                libsqlite3_sys::sqlite3_memory_used()
+            }
+        })
+    }
+
     pub fn backend(&self) -> Backend {
         match &*self.pools {
             Pools::Sqlite(_) => Backend::Sqlite,

@@ -97,6 +97,10 @@ fn describe() {
         "palaver_db_pool_connections",
         "Database pool connections by state"
     );
+    metrics::describe_gauge!(
+        "palaver_sqlite_memory_bytes",
+        "Memory SQLite holds in this process (page caches above all; SQLite only)"
+    );
     metrics::describe_counter!(
         "palaver_cluster_bus_sent_total",
         "Room events this node published to other nodes, counted once per receiving node"

@@ -157,6 +157,35 @@ async fn made_up_http_methods_share_one_metric_label() {
     server.stop().await;
 }
 
+#[actix_web::test]
+async fn metrics_say_how_much_memory_sqlite_holds() {
+    let server = TestServer::start().await;
+    let text = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge = text
+        .lines()
+        .find(|l| l.starts_with("palaver_sqlite_memory_bytes "));
+    if server.state.db.backend() == palaver::db::Backend::Sqlite {
+        // Its page caches and schema, at least some kilobytes once the
+        // migrations ran and the organization table was read.
+        let bytes: f64 = gauge
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no palaver_sqlite_memory_bytes in {text}"));
+        assert!(bytes > 10_000.0, "{bytes}");
+    } else {
+        assert_eq!(gauge, None, "SQLite memory reported on Postgres");
+    }
+    server.stop().await;
+}
+
 /// Sends `head` (and then `trickle`, a byte at a time every `every`) on a
 /// raw connection; returns the whole response and whether the server
 /// closed the connection after it, reading for at most `wait`.

@@ -120,6 +120,9 @@ pub async fn prometheus_metrics(state: web::Data<AppState>) -> HttpResponse {
     let (open, idle) = state.db.pool_state();
     ::metrics::gauge!("palaver_db_pool_connections", "state" => "open").set(f64::from(open));
     ::metrics::gauge!("palaver_db_pool_connections", "state" => "idle").set(f64::from(idle));
+    if let Some(bytes) = state.db.sqlite_memory_bytes() {
+        ::metrics::gauge!("palaver_sqlite_memory_bytes").set(bytes as f64);
+    }
     let rtc = state.rtc.stats();
     let read =
         |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
