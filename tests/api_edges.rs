@@ -1424,15 +1424,8 @@ async fn readyz_is_degraded_but_serving_when_redis_is_unreachable() {
 
 #[actix_web::test]
 async fn readyz_is_ok_with_a_reachable_redis() {
-    let url = match std::env::var("PALAVER_TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            eprintln!(
-                "SKIPPED readyz_is_ok_with_a_reachable_redis: PALAVER_TEST_REDIS_URL is not set \
-                 (start one with scripts/test-redis.sh start)"
-            );
-            return;
-        }
+    let Some(url) = common::test_redis_url("readyz_is_ok_with_a_reachable_redis") else {
+        return;
     };
     let server = TestServer::start_with(move |s| s.redis.url = Some(Secret::new(url))).await;
     // The bus subscription comes up just after the start.

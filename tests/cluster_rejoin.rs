@@ -93,14 +93,9 @@ async fn rtc_until(caller: &RtcCaller, kind: &str) -> Vec<Value> {
 
 #[actix_web::test]
 async fn a_rejoin_that_lands_on_another_node_reaches_the_call_over_either_transport() {
-    let Some(redis) = std::env::var("PALAVER_TEST_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        eprintln!(
-            "SKIPPED a_rejoin_that_lands_on_another_node_reaches_the_call_over_either_transport: \
-             PALAVER_TEST_REDIS_URL is not set (start one with scripts/test-redis.sh start)"
-        );
+    let Some(redis) = common::test_redis_url(
+        "a_rejoin_that_lands_on_another_node_reaches_the_call_over_either_transport",
+    ) else {
         return;
     };
     let (fake_url, fake) = start_fake(vec![

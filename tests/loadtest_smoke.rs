@@ -547,14 +547,9 @@ async fn chat_scenario_delivers_every_message_to_every_other_member() {
 
 #[actix_web::test]
 async fn chat_across_two_nodes_delivers_every_message_through_redis() {
-    let Some(redis) = std::env::var("PALAVER_TEST_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
+    let Some(redis) =
+        common::test_redis_url("chat_across_two_nodes_delivers_every_message_through_redis")
     else {
-        eprintln!(
-            "SKIPPED chat_across_two_nodes_delivers_every_message_through_redis: \
-             PALAVER_TEST_REDIS_URL is not set (start one with scripts/test-redis.sh start)"
-        );
         return;
     };
     let a = TestServer::start_with(|s| {

@@ -217,6 +217,21 @@ impl TestServer {
     }
 }
 
+/// The throw-away Redis of `make test` (`PALAVER_TEST_REDIS_URL`), or
+/// `None` after saying that `test` is skipped without it.
+pub fn test_redis_url(test: &str) -> Option<String> {
+    match std::env::var("PALAVER_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!(
+                "SKIPPED {test}: PALAVER_TEST_REDIS_URL is not set \
+                 (start one with scripts/test-redis.sh start)"
+            );
+            None
+        }
+    }
+}
+
 /// The value of an unlabelled Prometheus metric in a `/metrics` text (0
 /// when absent: a counter appears on its first increment).
 pub fn metric(text: &str, name: &str) -> f64 {
