@@ -103,7 +103,7 @@ impl Caller {
     }
 }
 
-fn state(req: &HttpRequest) -> Result<Data<AppState>, ApiError> {
+pub(crate) fn state(req: &HttpRequest) -> Result<Data<AppState>, ApiError> {
     req.app_data::<Data<AppState>>()
         .cloned()
         .ok_or_else(|| ApiError::Internal("application state missing".into()))

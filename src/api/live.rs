@@ -123,6 +123,38 @@ pub async fn rejoining_after_expiry(
     Ok(caller)
 }
 
+/// The caller of a join route (`POST /v1/sessions/{id}/webrtc`): as
+/// [`SessionCaller`](super::extract::SessionCaller), and also a join token
+/// that expired during the call when the session waits for its caller
+/// ([`rejoining_after_expiry`]). An extractor, so a request without a
+/// credential is refused before its body is read.
+#[derive(Debug, Clone, Copy)]
+pub struct JoiningCaller(pub Caller);
+
+impl actix_web::FromRequest for JoiningCaller {
+    type Error = ApiError;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &actix_web::HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let refused = match Caller::from_request_sync(&req) {
+                Ok(caller) => return Ok(Self(caller)),
+                Err(refused) => refused,
+            };
+            let id = req.match_info().get("id").and_then(|v| v.parse().ok());
+            let Some(id) = id.map(SessionId) else {
+                return Err(refused);
+            };
+            let state = super::extract::state(&req)?;
+            let token = super::extract::bearer(&req).ok();
+            rejoining_after_expiry(&state, token.as_deref(), id, refused)
+                .await
+                .map(Self)
+        })
+    }
+}
+
 /// Hands the session waiting for its caller to a new transport (call
 /// [`waiting_for_rejoin`] first). `media_ready`: the transport's audio
 /// path is up already (a WebSocket). 409 when another rejoin won.

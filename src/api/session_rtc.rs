@@ -26,8 +26,8 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{SdpBody, SessionCaller};
 use super::live::{
-    Joined, Joining, TransportEnd, client_text, event_frames, hearing_frame, hello_frames, rejoin,
-    rejoining_after_expiry, waiting_for_rejoin,
+    Joined, Joining, JoiningCaller, TransportEnd, client_text, event_frames, hearing_frame,
+    hello_frames, rejoin, waiting_for_rejoin,
 };
 use super::session_forward;
 use super::sessions::visible_session;
@@ -80,18 +80,11 @@ fn offer_error(err: OfferError) -> ApiError {
 async fn create_peer(
     req: HttpRequest,
     state: web::Data<AppState>,
-    caller: Result<SessionCaller, ApiError>,
+    JoiningCaller(caller): JoiningCaller,
     id: web::Path<i64>,
     offer: SdpBody,
 ) -> Result<HttpResponse, ApiError> {
     let id = SessionId(*id);
-    let caller = match caller {
-        Ok(SessionCaller(caller)) => caller,
-        Err(err) => {
-            let token = super::extract::bearer(&req).ok();
-            rejoining_after_expiry(&state, token.as_deref(), id, err).await?
-        }
-    };
     // A rejoin of a call another node runs goes there.
     if let Some(owner) = session_forward::owner_elsewhere(&state, &req, id).await {
         return session_forward::forward_offer(&state, &req, &owner, id, offer.0).await;
