@@ -159,6 +159,7 @@ text_enum!(
         Local => "local",
         Openai => "openai",
         Elevenlabs => "elevenlabs",
+        Fish => "fish",
     }
 );
 

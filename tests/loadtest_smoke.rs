@@ -279,7 +279,11 @@ async fn repeating_callers_call_again_until_the_end_of_the_run() {
         "{table}"
     );
     let voice = report.voice.as_ref().unwrap();
-    assert_eq!(voice.turns_completed, created, "{table}");
+    // A call that starts just before the end of the run takes no turn.
+    assert!(
+        (created - 2..=created).contains(&voice.turns_completed),
+        "{table}"
+    );
     assert_eq!(report.failed(), 0, "{table}");
     assert_eq!(voice.server.as_ref().unwrap().rss_growth, None);
     fake.stop().await;

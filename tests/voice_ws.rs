@@ -763,7 +763,7 @@ async fn a_join_token_that_expired_during_the_call_still_brings_its_caller_back(
         "ws://{}/v1/sessions/{}/ws?token={expired}&audio=false",
         call.server.addr, call.session
     );
-    assert!(awc::Client::new().ws(&url).connect().await.is_err());
+    assert_refused(&url, 401).await;
 
     // The connection drops: the expired token rejoins the waiting call.
     drop(socket);
@@ -795,5 +795,16 @@ async fn a_join_token_that_expired_during_the_call_still_brings_its_caller_back(
         .unwrap();
     read_until(&mut socket, &mut again, "session.ended").await;
     common::voice::wait_ended(&call).await;
-    assert!(awc::Client::new().ws(&url).connect().await.is_err());
+    assert_refused(&url, 401).await;
+}
+
+/// The WebSocket upgrade to `url` is answered with `status`.
+async fn assert_refused(url: &str, status: u16) {
+    match awc::Client::new().ws(url).connect().await {
+        Err(awc::error::WsClientError::InvalidResponseStatus(got)) => {
+            assert_eq!(got.as_u16(), status, "{url}")
+        }
+        Err(other) => panic!("{url}: {other}"),
+        Ok(_) => panic!("{url}: the upgrade was accepted"),
+    }
 }

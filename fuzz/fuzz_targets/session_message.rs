@@ -1,6 +1,7 @@
 //! A voice session's client text message (WebSocket text frame or WebRTC
 //! data-channel message): parsed as the server parses it, and either a
-//! message or an error, never a panic. What parses says what it was sent.
+//! message or an error, never a panic. A message's text comes from the
+//! frame (JSON escapes only shorten it).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -13,11 +14,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = session::audio_format_request(text);
     match session::parse(text) {
-        Ok(ClientMessage::UserMessage { text: said }) => {
-            assert!(text.contains("user-message"));
-            assert!(said.len() <= text.len());
-        }
-        Ok(ClientMessage::EndSession {}) => assert!(text.contains("end-session")),
-        Err(_) => {}
+        Ok(ClientMessage::UserMessage { text: said }) => assert!(said.len() <= text.len()),
+        Ok(ClientMessage::EndSession {}) | Err(_) => {}
     }
 });

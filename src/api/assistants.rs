@@ -204,12 +204,32 @@ pub struct SttInput {
 #[serde(deny_unknown_fields)]
 pub struct TtsInput {
     /// Changing the provider without a voice picks the provider's default.
-    pub provider: Option<TtsProvider>,
+    pub provider: Option<TtsChoice>,
     #[schema(min_length = 1, max_length = 200, pattern = r"[^ \t\n\r]")]
     pub voice_id: Option<String>,
     /// Provider options, at most 4 KiB as JSON.
     #[schema(value_type = Option<Object>)]
     pub settings: Option<serde_json::Value>,
+}
+
+/// The voices an assistant may choose now. `fish` (an older value some
+/// stored assistants carry) comes back with its adapter (issue 14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TtsChoice {
+    Local,
+    Openai,
+    Elevenlabs,
+}
+
+impl From<TtsChoice> for TtsProvider {
+    fn from(choice: TtsChoice) -> Self {
+        match choice {
+            TtsChoice::Local => Self::Local,
+            TtsChoice::Openai => Self::Openai,
+            TtsChoice::Elevenlabs => Self::Elevenlabs,
+        }
+    }
 }
 
 fn default_llm_model(provider: LlmProvider) -> &'static str {
@@ -229,11 +249,11 @@ fn default_stt_model(provider: SttProvider) -> &'static str {
 
 /// Each provider's default voice: ElevenLabs' is "Rachel", one of the
 /// premade voices every account has.
-fn default_voice(provider: TtsProvider) -> &'static str {
+fn default_voice(provider: TtsChoice) -> &'static str {
     match provider {
-        TtsProvider::Local => "en_US-joe-medium",
-        TtsProvider::Openai => "alloy",
-        TtsProvider::Elevenlabs => "21m00Tcm4TlvDq8ikWAM",
+        TtsChoice::Local => "en_US-joe-medium",
+        TtsChoice::Openai => "alloy",
+        TtsChoice::Elevenlabs => "21m00Tcm4TlvDq8ikWAM",
     }
 }
 
@@ -255,7 +275,7 @@ pub fn default_settings() -> AssistantSettings {
         stt_model: default_stt_model(SttProvider::Local).to_owned(),
         stt_language: "en".to_owned(),
         tts_provider: TtsProvider::Local,
-        tts_voice_id: default_voice(TtsProvider::Local).to_owned(),
+        tts_voice_id: default_voice(TtsChoice::Local).to_owned(),
         tts_settings: "{}".to_owned(),
         interruptions_enabled: true,
         min_interruption_ms: 300,
@@ -287,7 +307,10 @@ pub fn apply(
         s.name = check_name("name", &name, 100)?.to_owned();
     }
     if let Some(first) = input.first_message {
-        s.first_message = first.filter(|m| !m.trim().is_empty());
+        if let Some(message) = &first {
+            check_len("first_message", message, 0, 2_000)?;
+        }
+        s.first_message = first.filter(|m| !m.trim_matches(BLANKS).is_empty());
     }
     if let Some(v) = input.first_message_interruptible {
         s.first_message_interruptible = v;
@@ -304,6 +327,10 @@ pub fn apply(
         if let Some(provider) = provider {
             if provider != s.llm_provider && llm.model.is_none() {
                 s.llm_model = default_llm_model(provider).to_owned();
+            }
+            // A base URL belongs to the OpenAI-compatible adapter.
+            if provider != LlmProvider::Openai && llm.base_url.is_none() {
+                s.llm_base_url = None;
             }
             s.llm_provider = provider;
         }
@@ -335,9 +362,10 @@ pub fn apply(
         }
     }
     if let Some(tts) = input.tts {
-        if let Some(provider) = tts.provider {
+        if let Some(choice) = tts.provider {
+            let provider = TtsProvider::from(choice);
             if provider != s.tts_provider && tts.voice_id.is_none() {
-                s.tts_voice_id = default_voice(provider).to_owned();
+                s.tts_voice_id = default_voice(choice).to_owned();
             }
             s.tts_provider = provider;
         }
@@ -605,6 +633,12 @@ mod tests {
         assert_eq!(s.llm_provider, LlmProvider::Openai);
         assert_eq!(s.llm_model, "gpt-4o-mini");
         assert_eq!(s.tts_voice_id, "21m00Tcm4TlvDq8ikWAM");
+        // Leaving openai drops the base URL that went with it.
+        let s = apply(s, input(r#"{"llm":{"provider":"local"}}"#)).expect("valid");
+        assert_eq!(s.llm_base_url, None);
+        // A first message is measured as sent, blank or not.
+        let long = format!(r#"{{"first_message":"{}"}}"#, " ".repeat(2_001));
+        assert!(apply(s.clone(), input(&long)).is_err());
     }
 
     #[test]

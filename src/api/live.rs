@@ -88,22 +88,26 @@ pub async fn waiting_for_rejoin(
     Ok(true)
 }
 
-/// A caller refused with `refused` (their credential did not pass) who
-/// holds the join token of session `id`, expired during the call: they may
-/// still come back to it while it waits for them, here or on another node
-/// (whose own check then applies). A join token is short-lived
-/// (`auth.session_token_ttl_s`) but a call may last hours; for anything
-/// else, the expired token stays refused.
+/// A caller whose credential did not pass but who holds the join token of
+/// session `id`, expired during the call: they may still come back to it
+/// while it waits for them, here or on another node (whose own check then
+/// applies). A join token is short-lived (`auth.session_token_ttl_s`) but a
+/// call may last hours. `None`: not such a caller. The join route must let
+/// such a caller only rejoin or be forwarded (see [`Admitted`]).
 pub async fn rejoining_after_expiry(
     state: &AppState,
     token: Option<&str>,
     id: SessionId,
-    refused: ApiError,
-) -> Result<Caller, ApiError> {
+) -> Result<Option<Caller>, ApiError> {
     let claims = token.and_then(|token| state.tokens.expired_join(token));
     let Some(claims) = claims.filter(|c| c.sid == Some(id)) else {
-        return Err(refused);
+        return Ok(None);
     };
+    let caller = Caller {
+        org: claims.org,
+        kind: CallerKind::Session(id),
+    };
+    state.limits.check(caller.rate_key())?;
     let waiting = state.live.is_detached(id)
         || match &state.cluster {
             Some(cluster) if !state.live.contains(id) => {
@@ -112,24 +116,60 @@ pub async fn rejoining_after_expiry(
             _ => false,
         };
     if !waiting {
-        return Err(refused);
+        return Ok(None);
     }
-    let caller = Caller {
-        org: claims.org,
-        kind: CallerKind::Session(id),
-    };
-    state.limits.check(caller.rate_key())?;
     tracing::info!(session = %id, "a caller rejoins with the join token that expired during the call");
-    Ok(caller)
+    Ok(Some(caller))
 }
 
-/// The caller of a join route (`POST /v1/sessions/{id}/webrtc`): as
-/// [`SessionCaller`](super::extract::SessionCaller), and also a join token
-/// that expired during the call when the session waits for its caller
-/// ([`rejoining_after_expiry`]). An extractor, so a request without a
-/// credential is refused before its body is read.
-#[derive(Debug, Clone, Copy)]
-pub struct JoiningCaller(pub Caller);
+/// Who a join route serves: a caller whose credential passed, or one let
+/// in by [`rejoining_after_expiry`], with the refusal they get for anything
+/// but a rejoin.
+#[derive(Debug)]
+pub struct Admitted {
+    pub caller: Caller,
+    pub expired: Option<ApiError>,
+}
+
+impl Admitted {
+    /// The caller's credential as it came (`refused` if it did not pass),
+    /// or the expired join token of a call waiting for them.
+    pub async fn new(
+        state: &AppState,
+        id: SessionId,
+        token: Option<&str>,
+        authenticated: Result<Caller, ApiError>,
+    ) -> Result<Self, ApiError> {
+        match authenticated {
+            Ok(caller) => Ok(Self {
+                caller,
+                expired: None,
+            }),
+            Err(refused) => match rejoining_after_expiry(state, token, id).await? {
+                Some(caller) => Ok(Self {
+                    caller,
+                    expired: Some(refused),
+                }),
+                None => Err(refused),
+            },
+        }
+    }
+
+    /// For a join that is not a rejoin: the caller, unless only an expired
+    /// token let them in.
+    pub fn joining(self) -> Result<Caller, ApiError> {
+        match self.expired {
+            Some(refused) => Err(refused),
+            None => Ok(self.caller),
+        }
+    }
+}
+
+/// The caller of a join route (`POST /v1/sessions/{id}/webrtc`) as an
+/// [`Admitted`]: an extractor, so a request without a credential is
+/// refused before its body is read.
+#[derive(Debug)]
+pub struct JoiningCaller(pub Admitted);
 
 impl actix_web::FromRequest for JoiningCaller {
     type Error = ApiError;
@@ -138,17 +178,19 @@ impl actix_web::FromRequest for JoiningCaller {
     fn from_request(req: &actix_web::HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         let req = req.clone();
         Box::pin(async move {
-            let refused = match Caller::from_request_sync(&req) {
-                Ok(caller) => return Ok(Self(caller)),
-                Err(refused) => refused,
-            };
+            let authenticated = Caller::from_request_sync(&req);
             let id = req.match_info().get("id").and_then(|v| v.parse().ok());
             let Some(id) = id.map(SessionId) else {
-                return Err(refused);
+                return authenticated.map(|caller| {
+                    Self(Admitted {
+                        caller,
+                        expired: None,
+                    })
+                });
             };
             let state = super::extract::state(&req)?;
             let token = super::extract::bearer(&req).ok();
-            rejoining_after_expiry(&state, token.as_deref(), id, refused)
+            Admitted::new(&state, id, token.as_deref(), authenticated)
                 .await
                 .map(Self)
         })

@@ -45,8 +45,10 @@ pub struct ListQuery {
 }
 
 /// The shape of every cursor: decimal digits, as `next_cursor` writes them
-/// (the OpenAPI document says the same, as a pattern).
+/// (the OpenAPI document says the same, as a pattern; its `$` lets a
+/// trailing line break through, so one is ignored here too).
 pub(crate) fn parse_cursor(text: &str) -> Option<i64> {
+    let text = text.strip_suffix('\n').unwrap_or(text);
     let digits = !text.is_empty() && text.len() <= 18 && text.bytes().all(|b| b.is_ascii_digit());
     digits.then(|| text.parse().ok()).flatten()
 }

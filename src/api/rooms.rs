@@ -392,6 +392,13 @@ async fn create_room(
     }
     match input.kind {
         RoomKind::Direct => {
+            let repeated = matches!(input.member_ids.as_slice(), [a, b] if a == b);
+            if input.member_ids.len() > 2 || repeated {
+                return Err(ApiError::validation(
+                    "member_ids",
+                    "a direct room names its two users, each once",
+                ));
+            }
             if input.name.is_some() {
                 return Err(ApiError::validation("name", "a direct room has no name"));
             }

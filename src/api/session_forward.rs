@@ -122,6 +122,15 @@ pub async fn relay_socket(
     id: SessionId,
     max_frame: usize,
 ) -> Result<HttpResponse, ApiError> {
+    // The caller's handshake is checked before the owner attaches the call
+    // to the relay (nothing goes out until this handler returns: on the
+    // owner's refusal the accepted handshake is dropped for its answer).
+    let (response, socket, stream) =
+        actix_ws::handle(req, body).map_err(|e| ApiError::BadRequest {
+            code: "not_a_websocket",
+            message: e.to_string(),
+            field: None,
+        })?;
     let base = owner
         .url
         .strip_prefix("http")
@@ -159,12 +168,6 @@ pub async fn relay_socket(
         }
         Ok(Err(err)) => return Err(unreachable(id, owner, err)),
     };
-    let (response, socket, stream) =
-        actix_ws::handle(req, body).map_err(|e| ApiError::BadRequest {
-            code: "not_a_websocket",
-            message: e.to_string(),
-            field: None,
-        })?;
     let stream = stream.max_frame_size(max_frame).aggregate_continuations();
     tracing::info!(session = %id, node = %owner.node, "WebSocket rejoin relayed to the node running the call");
     actix_web::rt::spawn(relay(id, socket, stream, upstream));

@@ -80,7 +80,7 @@ fn offer_error(err: OfferError) -> ApiError {
 async fn create_peer(
     req: HttpRequest,
     state: web::Data<AppState>,
-    JoiningCaller(caller): JoiningCaller,
+    JoiningCaller(admitted): JoiningCaller,
     id: web::Path<i64>,
     offer: SdpBody,
 ) -> Result<HttpResponse, ApiError> {
@@ -93,11 +93,13 @@ async fn create_peer(
         CallAudio::new(voice::rtc_encoder(&state.settings.rtc))
             .map_err(|e| ApiError::Internal(format!("call audio: {e}")))
     };
+    let caller = admitted.caller;
     let (answer, peer, call_audio, joined) = if waiting_for_rejoin(&state, &caller, id).await? {
         let call_audio = call_audio()?;
         let (answer, peer) = state.rtc.accept(&offer.0).map_err(offer_error)?;
         (answer, peer, call_audio, rejoin(&state, id, false)?)
     } else {
+        let caller = admitted.joining()?;
         let joining = Joining::prepare(&state, &caller, id, true).await?;
         let call_audio = call_audio()?;
         // The offer is answered before the session is used up; a peer

@@ -35,8 +35,8 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{self, Caller};
 use super::live::{
-    Joined, Joining, TransportEnd, client_text, error_frame, event_frames, hearing_frame,
-    hello_frames, rejoin, rejoining_after_expiry, waiting_for_rejoin,
+    Admitted, Joined, Joining, TransportEnd, client_text, error_frame, event_frames, hearing_frame,
+    hello_frames, rejoin, waiting_for_rejoin,
 };
 use super::session_forward;
 use crate::ids::SessionId;
@@ -98,10 +98,8 @@ async fn session_ws(
         },
         (Err(err), None) => Err(err),
     };
-    let caller = match authenticated {
-        Ok(caller) => caller,
-        Err(err) => rejoining_after_expiry(&state, token.as_deref(), id, err).await?,
-    };
+    let admitted = Admitted::new(&state, id, token.as_deref(), authenticated).await?;
+    let caller = admitted.caller;
     // A rejoin of a call another node runs is relayed there.
     if let Some(owner) = session_forward::owner_elsewhere(&state, &req, id).await {
         return session_forward::relay_socket(&state, &req, body, &owner, id, MAX_CLIENT_MESSAGE)
@@ -119,6 +117,7 @@ async fn session_ws(
         let (response, socket, stream) = handshake(&req, body)?;
         (response, socket, stream, rejoin(&state, id, true)?)
     } else {
+        let caller = admitted.joining()?;
         let joining = Joining::prepare(&state, &caller, id, speak).await?;
         // The handshake is checked before the session is used up.
         let (response, socket, stream) = handshake(&req, body)?;

@@ -345,8 +345,15 @@ async fn list_messages(
     let id = SessionId(*id);
     visible_session(&state, &caller, id).await?;
     let page = page_request(query.limit, query.after.as_deref())?;
+    // A `seq`: at most 9 digits, as the document says.
+    let digits = query
+        .after
+        .as_deref()
+        .map_or(0, |a| a.trim_end_matches('\n').len());
     let after_seq = i32::try_from(page.after.unwrap_or(0))
-        .map_err(|_| ApiError::validation("after", "after is out of range"))?;
+        .ok()
+        .filter(|_| digits <= 9)
+        .ok_or_else(|| ApiError::validation("after", "after is out of range"))?;
     let (rows, next) = state
         .db
         .run(move |c| store::messages::list(c, id, after_seq, page.limit))

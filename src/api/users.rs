@@ -246,7 +246,7 @@ async fn login(
     body: ValidJson<LoginInput>,
 ) -> Result<web::Json<TokenPair>, ApiError> {
     let input = body.0;
-    let email = input.email.trim().to_lowercase();
+    let email = input.email.trim_matches(super::BLANKS).to_lowercase();
     let candidates = state
         .db
         .run(move |c| store::users::find_by_email(c, &email))
