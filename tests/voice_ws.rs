@@ -808,3 +808,17 @@ async fn assert_refused(url: &str, status: u16) {
         Ok(_) => panic!("{url}: the upgrade was accepted"),
     }
 }
+
+#[actix_web::test]
+async fn an_assistant_base_url_that_is_no_url_refuses_the_join_with_409_not_a_5xx() {
+    let call = call(
+        vec![Ok("Hello.".into())],
+        json!({"llm": {"provider": "openai", "model": "fake-1", "base_url": "http://"}}),
+    )
+    .await;
+    let url = format!(
+        "ws://{}/v1/sessions/{}/ws?token={}",
+        call.server.addr, call.session, call.token
+    );
+    assert_refused(&url, 409).await;
+}

@@ -243,6 +243,22 @@ impl Joining {
             session: id,
             connected_at: store::now(),
         };
+        // The assistant's own base URL is its settings' fault, not an
+        // outage: 409 with what to fix, never a 5xx.
+        if let Some(url) = &assistant.settings.llm_base_url {
+            let usable = reqwest::Url::parse(url)
+                .map_err(|err| err.to_string())
+                .and_then(|u| match u.host_str() {
+                    Some(host) if !host.is_empty() => Ok(()),
+                    _ => Err("it has no host".to_owned()),
+                });
+            if let Err(why) = usable {
+                return Err(ApiError::Conflict(format!(
+                    "assistant {assistant_id}'s llm.base_url `{url}` cannot be used ({why}); \
+                     change it with PATCH /v1/assistants/{assistant_id}"
+                )));
+            }
+        }
         let (setup, degraded) = voice::session_setup(
             &state.settings,
             &assistant.settings,
