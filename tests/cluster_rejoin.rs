@@ -27,18 +27,6 @@ fn clustered(s: &mut Settings, redis: &str, fake_url: &str) {
     s.providers.openai_api_key = Some(Secret::new("sk-test"));
 }
 
-async fn wait_ready(node: &TestServer) {
-    let mut ready = Value::Null;
-    for _ in 0..50 {
-        ready = node.get("/readyz", "").await.1;
-        if ready["status"] == "ready" {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("node not ready: {ready}");
-}
-
 /// Polls (bounded) until `done` holds.
 async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -111,8 +99,8 @@ async fn a_rejoin_that_lands_on_another_node_reaches_the_call_over_either_transp
         s.database = database;
     })
     .await;
-    wait_ready(&a).await;
-    wait_ready(&b).await;
+    a.wait_ready().await;
+    b.wait_ready().await;
     let tenant = a.tenant("rejoin").await;
     let (status, assistant) = a
         .post(

@@ -132,15 +132,7 @@ async fn made_up_http_methods_share_one_metric_label() {
             .unwrap();
         assert_eq!(reply.status(), StatusCode::NOT_FOUND);
     }
-    let text = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics_text().await;
     assert!(!text.contains("BREW"), "a made-up method became a label");
     assert!(
         !text.contains("made-up"),
@@ -160,15 +152,7 @@ async fn made_up_http_methods_share_one_metric_label() {
 #[actix_web::test]
 async fn metrics_say_how_much_memory_sqlite_holds() {
     let server = TestServer::start().await;
-    let text = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics_text().await;
     let gauge = text
         .lines()
         .find(|l| l.starts_with("palaver_sqlite_memory_bytes "));

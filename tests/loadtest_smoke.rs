@@ -571,17 +571,8 @@ async fn chat_across_two_nodes_delivers_every_message_through_redis() {
         s.database = database;
     })
     .await;
-    for node in [&a, &b] {
-        let mut ready = Value::Null;
-        for _ in 0..50 {
-            ready = node.get("/readyz", "").await.1;
-            if ready["status"] == "ready" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_eq!(ready["status"], "ready", "{ready}");
-    }
+    a.wait_ready().await;
+    b.wait_ready().await;
     let t = a.tenant("chat-cluster").await;
     // Each room of three has members on both nodes: two thirds of the
     // deliveries cross from one node to the other.

@@ -174,6 +174,30 @@ impl TestServer {
         (status, json)
     }
 
+    /// The `/metrics` text (Prometheus exposition).
+    pub async fn metrics_text(&self) -> String {
+        let reply = self.client.get(self.url("/metrics")).send().await;
+        reply
+            .expect("/metrics answers")
+            .text()
+            .await
+            .expect("/metrics text")
+    }
+
+    /// Waits (bounded, 5 s) until `/readyz` says `ready`: with Redis, the
+    /// bus subscription comes up just after the start.
+    pub async fn wait_ready(&self) {
+        let mut ready = Value::Null;
+        for _ in 0..50 {
+            ready = self.get("/readyz", "").await.1;
+            if ready["status"] == "ready" {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("node not ready: {ready}");
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
         self.call(Method::GET, path, Some(token), None).await
     }
